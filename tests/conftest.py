@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random LLaVA models built in the test (offline, CPU, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+IMAGE_TOKEN_ID = 3  # a low id so random tokens drawn from [5, vocab) never collide with it
+PAD_TOKEN_ID = 0
+
+
+def make_tiny_llava(
+    num_layers: int = 6,
+    hidden: int = 32,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 64,
+    image_size: int = 16,
+    patch: int = 4,
+    attn: str = "sdpa",
+    seed: int = 0,
+) -> LlavaForConditionalGeneration:
+    """A random-weight LLaVA (CLIP tower + Llama LM) with (image_size/patch)**2 image tokens."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=patch, projection_dim=16,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+        pad_token_id=PAD_TOKEN_ID, bos_token_id=1, eos_token_id=2,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    config._attn_implementation = attn
+    model = LlavaForConditionalGeneration(config).eval()
+    model.config._attn_implementation = attn
+    for sub in (model.config.text_config, model.config.vision_config):
+        sub._attn_implementation = attn
+    return model
+
+
+def num_image_tokens(model) -> int:
+    v = model.config.vision_config
+    return (v.image_size // v.patch_size) ** 2
+
+
+@pytest.fixture
+def tiny_llava():
+    return make_tiny_llava()

@@ -1,0 +1,177 @@
+"""`DPVRConfig`: which variant, where to split, which layers fuse, how deep the side branch is.
+
+The config is validated twice: field by field when it is built (unknown variant, conflicting
+fusion settings), and against a backbone's layer count by :meth:`DPVRConfig.resolve` (split out
+of range, fusion layer in the shallow stack, side branch deeper than the deep stack).
+
+Per-layer modes (SPEC §3) are the config's whole effect on the forward pass:
+
+=========  =====================================================================
+``full``   shallow stack (and every layer of ``vanilla``): all positions, unchanged
+``text``   text positions only; image positions are absent from the computation
+``kv``     text queries; keys/values over text and image (image K/V from the side output)
+``fuse``   image positions set to the side output, then a full layer over all positions
+=========  =====================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = ("vanilla", "lf", "pc", "kv", "ideal")
+SIDE_INITS = ("copy", "random")
+MODES = ("full", "text", "kv", "fuse")
+
+# Mode of every deep layer for variants whose schedule does not depend on fusion layers.
+_UNIFORM_DEEP_MODE = {"pc": "fuse", "kv": "kv", "ideal": "text"}
+
+
+@dataclass
+class DPVRConfig:
+    """How a LLaVA-style model is routed (SPEC §3–4).
+
+    Args:
+        variant: ``vanilla`` (no routing), ``lf`` (the method: text-only deep layers, image put
+            back in the fusion layers), ``pc`` (every deep layer fuses), ``kv`` (every deep layer
+            reads image keys/values), ``ideal`` (no fusion at all).
+        split: first routed layer ``s`` (layers ``0..s-1`` run unchanged). Required except for
+            ``vanilla``. ``split = N`` routes nothing.
+        num_fusion_layers: ``lf`` only: the last K layers fuse (default 1).
+        fusion_layers: ``lf`` only: an explicit set of deep layers that fuse (e.g. ``[24, 31]``);
+            overrides ``num_fusion_layers``.
+        side_depth: D, the number of side-branch decoder layers (copies of layers ``s..s+D-1``).
+        side_init: ``copy`` (side layer j starts as a copy of backbone layer ``s+j``) or
+            ``random`` (same class, freshly initialised).
+    """
+
+    variant: str = "lf"
+    split: int | None = None
+    num_fusion_layers: int | None = None
+    fusion_layers: list[int] | None = None
+    side_depth: int = 1
+    side_init: str = "copy"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
+        if self.side_init not in SIDE_INITS:
+            raise ValueError(f"unknown side_init {self.side_init!r}: choose one of {', '.join(SIDE_INITS)}")
+        if self.split is not None and (not isinstance(self.split, int) or isinstance(self.split, bool)):
+            raise ValueError(f"split must be an integer layer index, got {self.split!r}")
+        if self.variant != "vanilla" and self.split is None:
+            raise ValueError(f"variant {self.variant!r} needs a split layer: pass split=S (1 <= S < number of layers)")
+        if not isinstance(self.side_depth, int) or self.side_depth < 1:
+            raise ValueError(f"side_depth must be an integer >= 1, got {self.side_depth!r}")
+        has_fusion = self.fusion_layers is not None or self.num_fusion_layers is not None
+        if has_fusion and self.variant != "lf":
+            schedule = {"vanilla": "nothing is routed", "pc": "every deep layer fuses",
+                        "kv": "every deep layer reads image keys/values", "ideal": "no layer fuses"}[self.variant]
+            raise ValueError(
+                f"fusion settings are only for variant 'lf'; variant {self.variant!r} has none ({schedule}): "
+                "drop fusion_layers / num_fusion_layers"
+            )
+        if self.fusion_layers is not None:
+            if not self.fusion_layers or not all(isinstance(i, int) for i in self.fusion_layers):
+                raise ValueError(f"fusion_layers must be a non-empty list of layer indices, got {self.fusion_layers!r}")
+            if len(set(self.fusion_layers)) != len(self.fusion_layers):
+                raise ValueError(f"fusion_layers has duplicates: {self.fusion_layers}")
+            if self.num_fusion_layers is not None and self.num_fusion_layers != len(self.fusion_layers):
+                raise ValueError(
+                    f"num_fusion_layers={self.num_fusion_layers} contradicts fusion_layers={self.fusion_layers}: give one of them"
+                )
+            self.fusion_layers = sorted(self.fusion_layers)
+        if self.num_fusion_layers is not None and (not isinstance(self.num_fusion_layers, int) or self.num_fusion_layers < 1):
+            raise ValueError(f"num_fusion_layers must be an integer >= 1, got {self.num_fusion_layers!r}")
+
+    # ------------------------------------------------------------------ resolution against a backbone
+    def resolve(self, num_layers: int) -> "ResolvedPlan":
+        """Check the config against a backbone with ``num_layers`` decoder layers and return its plan."""
+        n = num_layers
+        if self.variant == "vanilla":
+            return ResolvedPlan(num_layers=n, split=n, modes=["full"] * n, fusion_layers=[], side_depth=0)
+        s = self.split
+        if not 1 <= s <= n:
+            raise ValueError(
+                f"split={s} is outside 1..{n - 1} for a model with {n} decoder layers "
+                f"(layers 0..s-1 stay unchanged; split={n} routes nothing)"
+            )
+        deep = list(range(s, n))
+        if not deep:  # split = N: nothing routed, no side branch
+            if self.fusion_layers is not None or self.num_fusion_layers is not None:
+                raise ValueError(f"split={s} leaves no deep layers, so there is nothing to fuse: drop the fusion settings")
+            return ResolvedPlan(num_layers=n, split=n, modes=["full"] * n, fusion_layers=[], side_depth=0)
+        if self.side_depth > len(deep):
+            raise ValueError(
+                f"side_depth={self.side_depth} is larger than the deep stack (layers {s}..{n - 1}, {len(deep)} layers): "
+                f"use side_depth <= {len(deep)} or an earlier split"
+            )
+        if self.variant == "lf":
+            if self.fusion_layers is not None:
+                bad = [i for i in self.fusion_layers if i not in deep]
+                if bad:
+                    where = "in the shallow stack" if all(0 <= i < s for i in bad) else "outside the deep stack"
+                    raise ValueError(
+                        f"fusion layer(s) {bad} {where}: fusion layers must lie in the deep stack {s}..{n - 1} (split={s})"
+                    )
+                fusion = list(self.fusion_layers)
+            else:
+                k = self.num_fusion_layers or 1
+                if k > len(deep):
+                    raise ValueError(
+                        f"num_fusion_layers={k} is more than the {len(deep)} deep layers ({s}..{n - 1}): "
+                        f"use at most {len(deep)}"
+                    )
+                fusion = deep[-k:]
+            modes = ["full"] * s + ["fuse" if i in fusion else "text" for i in deep]
+        else:
+            fusion = deep if self.variant == "pc" else []
+            modes = ["full"] * s + [_UNIFORM_DEEP_MODE[self.variant]] * len(deep)
+        return ResolvedPlan(num_layers=n, split=s, modes=modes, fusion_layers=fusion, side_depth=self.side_depth)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DPVRConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DPVRConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DPVRConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "DPVRConfig":
+        return cls.from_json(Path(path).read_text())
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A config resolved against a backbone: one mode per decoder layer."""
+
+    num_layers: int
+    split: int
+    modes: list[str]
+    fusion_layers: list[int]
+    side_depth: int  # 0 when nothing is routed
+
+    @property
+    def routed(self) -> bool:
+        return self.side_depth > 0
+
+    @property
+    def deep_layers(self) -> list[int]:
+        return list(range(self.split, self.num_layers))
+
+    def layers_with_mode(self, mode: str) -> list[int]:
+        return [i for i, m in enumerate(self.modes) if m == mode]

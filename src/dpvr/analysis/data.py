@@ -1,0 +1,183 @@
+"""Samples for the analysis: LLaVA conversation JSON + image folder, through the model's processor.
+
+Each record (``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``) is
+rendered with the processor's chat template and tokenised with the images expanded to image
+tokens. The positions whose next token belongs to an assistant answer are marked
+(``answer_mask``): the logit lens reads them. Text-only records are skipped (there are no image
+positions to analyse). Records are drawn in a seeded random order, lazily, so only the
+samples actually analysed are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Read a LLaVA conversation JSON file (a list of records), with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} not found")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path} must hold a JSON list of LLaVA conversation records, got {type(records).__name__}")
+    return records
+
+
+def record_images(record: dict) -> list[str]:
+    img = record.get("image")
+    if img is None:
+        return []
+    return [img] if isinstance(img, str) else list(img)
+
+
+def to_messages(record: dict, index: int = 0) -> list[dict]:
+    """LLaVA ``conversations`` -> chat messages, image slots first in the turn that had ``<image>``."""
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise ValueError(f"record {record.get('id', index)!r} has no 'conversations' list")
+    messages = []
+    for turn in conv:
+        if not isinstance(turn, dict) or "value" not in turn or turn.get("from") not in ROLES:
+            raise ValueError(f"record {record.get('id', index)!r}: each turn needs 'from' (human/gpt) and "
+                             f"'value', got {turn!r}")
+        value = str(turn["value"])
+        n_img = value.count(IMAGE_PLACEHOLDER)
+        text = value.replace(IMAGE_PLACEHOLDER, "").strip()
+        content = [{"type": "image"}] * n_img + [{"type": "text", "text": text}]
+        messages.append({"role": ROLES[turn["from"]], "content": content})
+    return messages
+
+
+def _render(processor, messages, add_generation_prompt: bool) -> str:
+    owner = processor if getattr(processor, "chat_template", None) else getattr(processor, "tokenizer", processor)
+    return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode_record(record: dict, processor, image_folder: str | Path, image_token_id: int, index: int = 0) -> dict:
+    """Tokenise one record with its images: ``input_ids`` (L,), ``pixel_values``, ``answer_mask`` (L,)."""
+    from PIL import Image
+
+    rid = record.get("id", index)
+    names = record_images(record)
+    messages = to_messages(record, index)
+    n_slots = sum(c.get("type") == "image" for m in messages for c in m["content"])
+    if n_slots != len(names):
+        raise ValueError(f"record {rid!r} names {len(names)} image(s) but has {n_slots} <image> placeholder(s)")
+    images = []
+    for name in names:
+        path = Path(image_folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} of record {rid!r} not found (check --image-folder)")
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    text = _render(processor, messages, add_generation_prompt=False)
+    enc = processor(images=images or None, text=text, return_tensors="pt")
+    ids = enc["input_ids"][0]
+    answer_mask = _answer_mask_from_labels(record, processor, ids, image_token_id, len(names))
+    if answer_mask is None:
+        answer_mask = _answer_mask(processor, messages, text, ids, image_token_id)
+    return {"id": rid, "input_ids": ids, "pixel_values": enc.get("pixel_values"), "answer_mask": answer_mask}
+
+
+def _answer_mask_from_labels(record, processor, ids, image_token_id: int, n_images: int):
+    """Answer positions from the training tokenisation (``dpvr.data.llava_format``), when it applies.
+
+    Used only if it reproduces the processor's ``input_ids`` exactly; ``None`` otherwise.
+    """
+    try:
+        from dpvr.data.llava_format import tokenize_conversation
+    except ImportError:
+        return None
+    n_tok = int((ids == image_token_id).sum())
+    if n_images == 0 or n_tok % n_images:
+        return None
+    try:
+        ex = tokenize_conversation(record, getattr(processor, "tokenizer", processor), n_tok // n_images)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if ex["input_ids"] != ids.tolist():
+        return None
+    labels = torch.tensor(ex["labels"])
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    mask[:-1] = labels[1:] != -100  # position p predicts token p+1
+    return mask
+
+
+def _answer_mask(processor, messages, text, ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """Positions whose next token is an assistant-answer token (all False if it cannot be found).
+
+    Answer spans are located on the unexpanded token sequence by rendering the conversation up
+    to each assistant turn, then mapped onto ``ids`` by expanding each image token to its run.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    unexpanded = tok(text)["input_ids"]
+    is_answer = [False] * len(unexpanded)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tok(_render(processor, messages[:i], add_generation_prompt=True))["input_ids"])
+        end = len(tok(_render(processor, messages[:i + 1], add_generation_prompt=False))["input_ids"])
+        for j in range(start, min(end, len(unexpanded))):
+            is_answer[j] = True
+    n_ph = sum(t == image_token_id for t in unexpanded)
+    n_exp = int((ids == image_token_id).sum())
+    run = n_exp // n_ph if n_ph else 0
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    k = 0
+    for j, t in enumerate(unexpanded):
+        if k >= len(ids) or int(ids[k]) != t:
+            return torch.zeros(len(ids), dtype=torch.bool)  # tokenisations disagree: use the last position
+        if t == image_token_id:
+            k += run
+            continue
+        if is_answer[j] and k > 0:
+            mask[k - 1] = True  # position k-1 predicts answer token k
+        k += 1
+    return mask
+
+
+def iter_samples(
+    records: list[dict],
+    processor,
+    image_folder: str | Path,
+    image_token_id: int,
+    num_samples: int,
+    seed: int = 0,
+    counts: dict | None = None,
+) -> Iterator[dict]:
+    """Up to ``num_samples`` encoded records with at least one image, in a seeded random order.
+
+    ``counts`` (if given) is updated with ``read`` and ``skipped_text_only``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    counts = counts if counts is not None else {}
+    counts.setdefault("read", 0)
+    counts.setdefault("skipped_text_only", 0)
+    used = 0
+    for i in order:
+        if used >= num_samples:
+            return
+        rec = records[i]
+        if not isinstance(rec, dict):
+            raise ValueError(f"record {i} is not a JSON object: {rec!r:.80}")
+        counts["read"] += 1
+        if not record_images(rec):
+            counts["skipped_text_only"] += 1
+            continue
+        used += 1
+        yield encode_record(rec, processor, image_folder, image_token_id, i)

@@ -1,0 +1,427 @@
+"""Saturation analysis (SPEC §8): where do vision tokens saturate, and where should DPVR split?
+
+Python::
+
+    from dpvr.analysis import analyze_saturation
+    result = analyze_saturation(model, samples, batch_size=4)  # samples: dicts of 1-D input_ids, ...
+    print(result.suggested_split, result.explanation)
+
+Command line (``dpvr analyze``) and :func:`run_analysis` add loading, the LLaVA JSON data and the
+outputs ``saturation.json`` + ``saturation.png``. Memory is bounded by one batch: every statistic
+is reduced to per-sample numbers inside forward hooks and accumulated (count, sum, sum of squares).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dpvr.analysis.stats import STATS, LayerProbe, RunningStat, check_llava_style, image_token_id, language_model, make_layout
+from dpvr.analysis.transitions import detect_transitions, suggest_split
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SaturationResult:
+    """Everything ``saturation.json`` holds; ``statistics[name]`` = ``{"mean", "std", "n"}`` per layer."""
+
+    num_layers: int
+    statistics: dict
+    transitions: dict
+    suggested_split: int
+    explanation: str
+    split_details: dict
+    samples: dict
+    settings: dict = field(default_factory=dict)
+    mechanism: dict | None = None
+    mechanism_summary: str | None = None
+
+    def mean(self, name: str) -> list[float | None]:
+        return self.statistics[name]["mean"]
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_layers": self.num_layers,
+            "layers": list(range(self.num_layers)),
+            "definitions": DEFINITIONS,
+            "statistics": self.statistics,
+            "transitions": self.transitions,
+            "suggested_split": self.suggested_split,
+            "explanation": self.explanation,
+            "split_details": self.split_details,
+            "samples": self.samples,
+            "settings": self.settings,
+            "mechanism": self.mechanism,
+        }
+
+
+DEFINITIONS = {
+    "layer": "decoder layer index l in 0..N-1; h_l is the input of layer l, h_{l+1} its output",
+    "cosine_image": "cos(h_l, h_{l+1}) averaged over image positions of a sample",
+    "cosine_text": "cos(h_l, h_{l+1}) averaged over text (non-image, non-padding) positions of a sample",
+    "kl_image": "KL(softmax(lm_head(norm(h_{l+1}))) || softmax(lm_head(norm(h_N)))) averaged over "
+                "(up to lens_image_positions evenly spaced) image positions",
+    "kl_text": "the same KL at the answer positions (positions whose next token is an assistant answer "
+               "token), or at the last position when a sample has no answer",
+    "attn_text_to_image": "share of attention that text queries after the first image token put on image keys, "
+                          "averaged over heads and queries (exact softmax(QK^T) recomputed from the layer's inputs)",
+    "attn_per_head": "the same share per head (mean over samples), shape (N, H)",
+    "image_key_share": "share of image keys among the keys each of those queries can see: the attention "
+                       "mass of a uniform attention",
+    "mean/std": "mean and standard deviation over samples of the per-sample averages; n = samples counted",
+}
+
+
+# --------------------------------------------------------------------------- batching
+
+def collate(samples: list[dict], pad_id: int) -> dict:
+    """Right-pad a list of samples (1-D ``input_ids``, optional ``answer_mask``) into a batch.
+
+    Right padding keeps every real token at the position it has alone, so batched statistics
+    equal per-sample ones.
+    """
+    L = max(int(s["input_ids"].numel()) for s in samples)
+    B = len(samples)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    ans = torch.zeros(B, L, dtype=torch.bool)
+    for b, s in enumerate(samples):
+        n = int(s["input_ids"].numel())
+        ids[b, :n] = s["input_ids"]
+        mask[b, :n] = 1
+        if s.get("answer_mask") is not None:
+            ans[b, :n] = s["answer_mask"].bool()
+    pix = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    return {"input_ids": ids, "attention_mask": mask, "answer_mask": ans,
+            "pixel_values": torch.cat(pix) if pix else None}
+
+
+def _batched(samples: Iterable[dict], batch_size: int, image_id: int, counts: dict) -> Iterator[list[dict]]:
+    batch = []
+    for s in samples:
+        if not bool((s["input_ids"] == image_id).any()):
+            counts["skipped_no_image_tokens"] = counts.get("skipped_no_image_tokens", 0) + 1
+            continue
+        batch.append(s)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _pad_id(model, image_id: int) -> int:
+    cfg = getattr(model.config, "text_config", model.config)
+    pad = getattr(cfg, "pad_token_id", None)
+    if pad is None or pad == image_id:
+        pad = 0 if image_id != 0 else 1
+    return int(pad)
+
+
+# --------------------------------------------------------------------------- analysis
+
+@torch.inference_mode()
+def analyze_saturation(
+    model,
+    samples: Iterable[dict],
+    *,
+    batch_size: int = 1,
+    share: float = 0.9,
+    lens_image_positions: int = 64,
+    num_fusion_layers: int = 1,
+    min_split: int | None = None,
+    routed=None,
+    progress: bool = True,
+    total: int | None = None,
+    settings: dict | None = None,
+) -> SaturationResult:
+    """Per-layer saturation statistics of ``model`` over ``samples``, transitions and a suggested split.
+
+    Args:
+        model: a LLaVA-style HF model (``.model.language_model.layers``, ``config.image_token_id``).
+        samples: iterable of dicts with ``input_ids`` (L,), ``pixel_values`` (n_images, C, H, W) and
+            optionally ``answer_mask`` (L,) (positions whose next token is an answer token). Consumed
+            lazily; samples without image tokens are skipped and counted.
+        batch_size: samples per forward pass (right-padded).
+        share: the share of a curve's change that marks its transition layer.
+        lens_image_positions: image positions per sample read by the logit lens (0 = all).
+        num_fusion_layers, min_split: constraints on the suggested split (see ``transitions``).
+        routed: optional routed DPVR model wrapping ``model`` for the mechanism checks.
+    """
+    from tqdm.auto import tqdm
+
+    check_llava_style(model)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    image_id = image_token_id(model)
+    lm = language_model(model)
+    N = len(lm.layers)
+    H = int(getattr(lm.config, "num_attention_heads", 1))
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    pad_id = _pad_id(model, image_id)
+
+    acc = {k: RunningStat((N,)) for k in STATS}
+    acc["attn_per_head"] = RunningStat((N, H))
+    key_share = RunningStat(())
+    counts: dict = {"used": 0}
+    mech = _make_mechanism(model, routed, N, H) if routed is not None else None
+
+    bar = tqdm(total=total, desc="analyze", unit="sample", disable=not progress)
+    try:
+        for chunk in _batched(samples, batch_size, image_id, counts):
+            batch = collate(chunk, pad_id)
+            layout = make_layout(batch["input_ids"], batch["attention_mask"], image_id,
+                                 batch["answer_mask"], lens_image_positions)
+            inputs = {"input_ids": batch["input_ids"].to(device),
+                      "attention_mask": batch["attention_mask"].to(device),
+                      "pixel_values": None if batch["pixel_values"] is None
+                      else batch["pixel_values"].to(device, dtype)}
+            with LayerProbe(model) as probe:
+                probe.layout = layout
+                if mech is not None:
+                    with mech.capture_vanilla():
+                        model(**inputs, use_cache=False, logits_to_keep=1)
+                else:
+                    model(**inputs, use_cache=False, logits_to_keep=1)
+                values = probe.collect()
+            for key in STATS:
+                acc[key].update(values[key])
+            if "attn_per_head" in values:
+                acc["attn_per_head"].update(values["attn_per_head"])
+            key_share.update(layout.key_share)
+            if mech is not None:
+                mech.run_routed(inputs, layout, values)
+            counts["used"] += len(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    if counts["used"] == 0:
+        raise ValueError("no usable samples: the analysis needs samples with at least one image "
+                         f"(image token id {image_id}); counts: {counts}")
+
+    statistics = {k: acc[k].to_dict() for k in STATS}
+    statistics["attn_per_head"] = {"mean": acc["attn_per_head"].to_dict()["mean"]}
+    statistics["image_key_share"] = key_share.to_dict()
+    transitions = detect_transitions({k: statistics[k]["mean"] for k in STATS}, share)
+    split, explanation, details = suggest_split(transitions, N, num_fusion_layers, min_split)
+    settings = dict(settings or {})
+    settings.update(batch_size=batch_size, share=share, lens_image_positions=lens_image_positions,
+                    num_fusion_layers=num_fusion_layers, min_split=min_split,
+                    attn_implementation=getattr(lm.config, "_attn_implementation", None),
+                    dtype=str(dtype).replace("torch.", ""), device=str(device))
+    result = SaturationResult(
+        num_layers=N, statistics=statistics, transitions=transitions, suggested_split=split,
+        explanation=explanation, split_details=details, samples=counts, settings=settings)
+    if mech is not None:
+        result.mechanism = mech.to_dict()
+        result.mechanism_summary = mech.summary()
+    return result
+
+
+def _make_mechanism(model, routed, N: int, H: int):
+    from dpvr.analysis.mechanism import MechanismCheck
+
+    split, fusion = routed_plan(routed, N)
+    return MechanismCheck(model, routed, split, fusion, H)
+
+
+def routed_plan(routed, num_layers: int) -> tuple[int, list[int]]:
+    """``(split, fusion_layers)`` of a DPVR model, from its config resolved against the backbone."""
+    cfg = getattr(routed, "dpvr_config", None) or getattr(routed, "config_dpvr", None)
+    if cfg is None:
+        raise ValueError(f"{type(routed).__name__} has no dpvr_config: pass a model from dpvr.get_dpvr_model "
+                         "or DPVRModel.from_pretrained")
+    plan = cfg.resolve(num_layers)
+    return int(plan.split), list(plan.fusion_layers)
+
+
+# --------------------------------------------------------------------------- files
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(result: SaturationResult, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Write ``saturation.json`` and ``saturation.png`` into ``out_dir``.
+
+    Both are rendered to temporary files first and renamed at the end, so a failure leaves no
+    half-written output (and no figure without its JSON).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = result.to_dict()
+    paths = {"json": out / "saturation.json"}
+    tmp_png = None
+    try:
+        if plot:
+            from dpvr.analysis.plot import plot_saturation
+
+            paths["png"] = out / "saturation.png"
+            fd, tmp_png = tempfile.mkstemp(dir=out, prefix=".saturation.png.", suffix=".tmp")
+            os.close(fd)
+            plot_saturation(data, tmp_png)
+        write_json_atomic(paths["json"], data)
+        if tmp_png is not None:
+            os.replace(tmp_png, paths["png"])
+            tmp_png = None
+    finally:
+        if tmp_png is not None:
+            Path(tmp_png).unlink(missing_ok=True)
+    return paths
+
+
+# --------------------------------------------------------------------------- end to end
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def load_model_and_processor(model_path: str | Path | None, *, dtype: str = "auto", device: str = "auto",
+                             attn_implementation: str = "sdpa"):
+    """Load a LLaVA-style model and its processor (``None``: the embedded default), with clear errors."""
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    if model_path is None:
+        try:
+            from dpvr import embedded
+        except ImportError:
+            raise ValueError("no --model given and the embedded default model is not available in this "
+                             "install: pass --model PATH") from None
+        model_path = embedded.model_dir() if hasattr(embedded, "model_dir") else embedded.path()
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(model_path)
+    if not path.exists() and (str(model_path).startswith((".", "/")) or str(model_path).count("/") != 1):
+        raise FileNotFoundError(f"model {model_path} not found (a local directory or a hub id owner/name)")
+    config = AutoConfig.from_pretrained(model_path)
+    if getattr(config, "image_token_id", getattr(config, "image_token_index", None)) is None or \
+            not hasattr(config, "text_config"):
+        raise ValueError(f"{model_path} is not a LLaVA-style model (config {type(config).__name__} has no "
+                         "image_token_id / text_config)")
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype,
+                                                        attn_implementation=attn_implementation)
+    model.to(dev).eval()
+    check_llava_style(model)
+    processor = AutoProcessor.from_pretrained(model_path)
+    return model, processor, str(model_path)
+
+
+def run_analysis(
+    model: str | Path | None = None,
+    data: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    out_dir: str | Path = "runs/analyze",
+    *,
+    num_samples: int = 64,
+    batch_size: int = 4,
+    seed: int = 0,
+    adapter: str | Path | None = None,
+    share: float = 0.9,
+    lens_image_positions: int = 64,
+    num_fusion_layers: int = 1,
+    min_split: int | None = None,
+    attn_implementation: str = "sdpa",
+    dtype: str = "auto",
+    device: str = "auto",
+    plot: bool = True,
+    progress: bool = True,
+) -> tuple[SaturationResult, dict[str, Path]]:
+    """Load, analyse and write ``saturation.json`` / ``saturation.png`` (what ``dpvr analyze`` runs).
+
+    ``model``/``data``/``image_folder`` default to the embedded tiny model and its generated
+    training data; ``adapter`` adds the mechanism checks of a trained DPVR adapter.
+    """
+    from dpvr.analysis.data import iter_samples, load_records
+
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    data, image_folder = _default_data(data, image_folder)
+    if not Path(image_folder).is_dir():
+        raise FileNotFoundError(f"image folder {image_folder} not found")
+    records = load_records(data)
+    if not records:
+        raise ValueError(f"no usable samples: {data} holds no records")
+    base, processor, model_name = load_model_and_processor(
+        model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+    routed = None
+    if adapter is not None:
+        routed = _load_adapter(base, adapter)
+    counts: dict = {}
+    samples = iter_samples(records, processor, image_folder, image_token_id(base), num_samples, seed, counts)
+    settings = {"model": model_name, "data": str(data), "image_folder": str(image_folder),
+                "num_samples": num_samples, "seed": seed, "adapter": None if adapter is None else str(adapter)}
+    try:
+        result = analyze_saturation(
+            base, samples, batch_size=batch_size, share=share, lens_image_positions=lens_image_positions,
+            num_fusion_layers=num_fusion_layers, min_split=min_split, routed=routed, progress=progress,
+            total=min(num_samples, len(records)), settings=settings)
+    except ValueError as err:
+        if "no usable samples" in str(err):
+            raise ValueError(f"no usable samples in {data}: {counts.get('read', 0)} record(s) read, "
+                             f"{counts.get('skipped_text_only', 0)} text-only (the analysis needs images)") from None
+        raise
+    result.samples.update(counts)
+    return result, write_outputs(result, out_dir, plot=plot)
+
+
+def _default_data(data, image_folder):
+    if data is None:
+        try:
+            from dpvr import embedded
+            bench = Path(embedded.benchmark_dir())
+        except (ImportError, AttributeError):
+            raise ValueError("no --data given and the embedded default data is not available in this "
+                             "install: pass --data FILE --image-folder DIR") from None
+        data = bench / "train.json"
+        if not data.is_file():
+            raise FileNotFoundError(f"embedded data {data} not found: pass --data FILE --image-folder DIR")
+    if image_folder is None:
+        image_folder = Path(data).parent
+    return Path(data), Path(image_folder)
+
+
+def _load_adapter(base, adapter):
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise FileNotFoundError(f"adapter directory {adapter} not found")
+    try:
+        from dpvr import DPVRModel
+    except ImportError:
+        raise ValueError("--adapter needs the DPVR routing engine (dpvr.DPVRModel), which this install "
+                         "does not have") from None
+    return DPVRModel.from_pretrained(base, adapter).eval()

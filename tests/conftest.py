@@ -52,3 +52,31 @@ def num_image_tokens(model) -> int:
 @pytest.fixture
 def tiny_llava():
     return make_tiny_llava()
+
+
+def sample_ids(num_images: int, n_image_tokens: int, text: tuple[int, ...] = (9, 10, 11, 12), seed: int = 0) -> list[int]:
+    """A prompt with `num_images` image blocks: BOS, system tokens, then image/text segments."""
+    g = torch.Generator().manual_seed(seed)
+    ids = [1] + torch.randint(5, 60, (3,), generator=g).tolist()
+    for _ in range(num_images):
+        ids += [IMAGE_TOKEN_ID] * n_image_tokens + torch.randint(5, 60, (2,), generator=g).tolist()
+    return ids + list(text)
+
+
+def pad_batch(seqs: list[list[int]], side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) padded with PAD_TOKEN_ID on `side`."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), PAD_TOKEN_ID, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def random_pixels(num_images: int, model, seed: int = 0) -> torch.Tensor | None:
+    if num_images == 0:
+        return None
+    size = model.config.vision_config.image_size
+    return torch.randn(num_images, 3, size, size, generator=torch.Generator().manual_seed(seed))

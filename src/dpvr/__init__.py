@@ -11,3 +11,9 @@ Wrap a stock ``transformers`` LLaVA model so that its deep layers skip the image
 """
 
 __version__ = "0.1.0"
+
+from dpvr.config import DPVRConfig  # noqa: E402
+from dpvr.engine.cache import DPVRCache  # noqa: E402
+from dpvr.model import DPVRModel, get_dpvr_model  # noqa: E402
+
+__all__ = ["DPVRCache", "DPVRConfig", "DPVRModel", "get_dpvr_model", "__version__"]

@@ -1,0 +1,68 @@
+"""The per-layer KV cache of a routed model, and the routing state that decode needs beside it.
+
+Shallow, ``fuse`` and ``kv`` layers cache every position of the prompt; ``text`` layers cache only
+the text view (no image positions). `DPVRCache` is a stock `DynamicCache` (each layer already
+holds its own length) that also carries `RoutingState`: which text-view slots are real keys and
+how long the prompt was. Beam search reorders both together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class RoutingState:
+    text_key_valid: torch.Tensor  # (B, Lt) bool: text-view slots of the prompt that are real, unpadded keys
+    prompt_len: int  # L, full-view length of the prompt
+
+    def select(self, idx: torch.Tensor) -> "RoutingState":
+        return RoutingState(self.text_key_valid.index_select(0, idx.to(self.text_key_valid.device)), self.prompt_len)
+
+
+class DPVRCache(DynamicCache):
+    """A `DynamicCache` whose layers may hold different lengths, plus the routing state of its prompt."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.routing: RoutingState | None = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        if self.routing is not None:
+            self.routing = self.routing.select(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.routing is not None:
+            valid = self.routing.text_key_valid.repeat_interleave(repeats, dim=0)
+            self.routing = RoutingState(valid, self.routing.prompt_len)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.routing is not None:
+            self.routing = self.routing.select(indices)
+
+
+class ImageKVInjector:
+    """Stands in for the cache during one ``kv``-mode layer call at prefill.
+
+    The decoder layer computes keys/values for the text positions it was given and calls
+    ``cache.update(k, v, layer_idx)``; this object merges in the image keys/values (projected
+    from the side-branch output by `merge`) so that attention runs over text ∪ image, then
+    stores the merged result in the real cache, if any.
+    """
+
+    def __init__(self, merge: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], inner=None):
+        self.merge = merge
+        self.inner = inner
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        key_states, value_states = self.merge(key_states, value_states)
+        if self.inner is not None:
+            return self.inner.update(key_states, value_states, layer_idx, *args, **kwargs)
+        return key_states, value_states

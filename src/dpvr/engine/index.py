@@ -1,0 +1,83 @@
+"""Where the image and text positions of each sample are, derived from ``input_ids`` alone.
+
+Every sample of a batch may have a different number of image tokens (0, 1 or several images)
+and any padding side. The engine works on two *views* of the sequence:
+
+- the **full view** (length L): every position, as the backbone sees it;
+- the **text view** (length Lt = max text count in the batch): the non-image positions of each
+  sample, in their original order, right-padded with invalid slots.
+
+`RoutingIndex` holds the gather indices between them. Invalid slots point at a real position
+of the same sample (never used as keys: masked out), so no row of an attention mask is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RoutingIndex:
+    text_idx: torch.Tensor  # (B, Lt) full-view position of each text slot
+    text_valid: torch.Tensor  # (B, Lt) bool
+    image_idx: torch.Tensor  # (B, Li) full-view position of each image slot
+    image_valid: torch.Tensor  # (B, Li) bool
+    merge_idx: torch.Tensor  # (B, L) slot in cat([text view, image view]) that fills each full position
+    prefix_len: int  # positions up to and including the last image token of any sample (0 without images)
+
+    @property
+    def max_image_tokens(self) -> int:
+        return self.image_idx.shape[1]
+
+    @property
+    def has_images(self) -> bool:
+        return self.image_idx.shape[1] > 0
+
+    @classmethod
+    def from_input_ids(cls, input_ids: torch.Tensor, image_token_id: int) -> "RoutingIndex":
+        is_image = input_ids == image_token_id  # (B, L)
+        bsz, length = is_image.shape
+        device = input_ids.device
+        n_image = is_image.sum(1)  # (B,)
+        n_text = length - n_image
+        if bool((n_text == 0).any()):
+            raise ValueError("a sample consists of image tokens only; DPVR needs at least one text position per sample")
+        # A stable sort puts the text positions first (in order), then the image positions (in order).
+        order = torch.argsort(is_image.to(torch.int8), dim=1, stable=True)  # (B, L)
+        max_text, max_image = int(n_text.max()), int(n_image.max())
+        slots_t = torch.arange(max_text, device=device)
+        text_valid = slots_t[None, :] < n_text[:, None]
+        last_text = order.gather(1, (n_text - 1)[:, None])  # (B, 1)
+        text_idx = torch.where(text_valid, order[:, :max_text], last_text)
+        slots_i = torch.arange(max_image, device=device)
+        image_valid = slots_i[None, :] < n_image[:, None]
+        # image positions sit at the end of `order`: shift each sample's run to the front of the slots
+        image_idx = order.gather(1, (n_text[:, None] + slots_i[None, :]).clamp(max=length - 1))
+        # samples without images point their (unused) slots at position 0, inside any side-branch prefix
+        first_image = torch.where(n_image[:, None] > 0, image_idx[:, :1], 0) if max_image else image_idx
+        image_idx = torch.where(image_valid, image_idx, first_image)
+        # merge_idx: full position -> slot in cat([text slots, image slots]); invalid slots write to a dropped column
+        slot_pos = torch.cat([text_idx, image_idx], dim=1)
+        slot_ok = torch.cat([text_valid, image_valid], dim=1)
+        target = torch.where(slot_ok, slot_pos, torch.full_like(slot_pos, length))
+        merge_idx = torch.zeros(bsz, length + 1, dtype=torch.long, device=device)
+        merge_idx.scatter_(1, target, torch.arange(slot_pos.shape[1], device=device).expand(bsz, -1).contiguous())
+        merge_idx = merge_idx[:, :length]
+        prefix_len = int((torch.where(is_image, torch.arange(length, device=device), -1).max()) + 1) if max_image else 0
+        return cls(text_idx, text_valid, image_idx, image_valid, merge_idx, prefix_len)
+
+
+def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B|1, L, ...) gathered at idx (B, K) along dim 1 -> (B, K, ...)."""
+    if x.shape[0] != idx.shape[0]:
+        x = x.expand(idx.shape[0], *x.shape[1:])
+    shape = idx.shape + x.shape[2:]
+    view = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(shape)
+    return x.gather(1, view)
+
+
+def merge_views(text: torch.Tensor, image: torch.Tensor, index: RoutingIndex) -> torch.Tensor:
+    """text (B, Lt, d) and image (B, Li, d) back into the full view (B, L, d)."""
+    return gather_positions(torch.cat([text, image], dim=1), index.merge_idx)

@@ -1,0 +1,172 @@
+"""`DPVRModel`: a stock LLaVA model wrapped with DPVR routing, with HF-style forward and generate.
+
+    model = get_dpvr_model(base, DPVRConfig(variant="lf", split=18))
+    out = model(input_ids=..., pixel_values=..., attention_mask=..., labels=...)   # .loss, .logits
+    ids = model.generate(**inputs, max_new_tokens=32)                             # KV-cached decode
+    model.save_pretrained("adapter/")                                              # side branch only
+    model = DPVRModel.from_pretrained(base, "adapter/")
+
+The wrapped model is kept as ``model.base`` and frozen; the only trainable parameters are the
+side branch's (``model.side_branch``). ``vanilla`` (or a split that routes nothing) calls the
+base model itself, so its outputs are the unwrapped model's, bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationMixin
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaPreTrainedModel
+
+from dpvr.config import DPVRConfig
+from dpvr.engine.backbone import backbone_of
+from dpvr.engine.cache import DPVRCache
+from dpvr.engine.router import routed_decoder_forward
+from dpvr.engine.side_branch import SideBranch
+
+
+class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
+    """A LLaVA-style model whose deep layers route image tokens as its `DPVRConfig` says."""
+
+    def __init__(self, base: nn.Module, dpvr_config: DPVRConfig):
+        # PreTrainedModel.__init__ only records the config; no weights are (re)initialised here.
+        super().__init__(base.config)
+        self.base = base
+        self.dpvr_config = dpvr_config
+        self.backbone = backbone_of(base)
+        self.plan = dpvr_config.resolve(self.backbone.num_layers)
+        self.generation_config = base.generation_config
+        self.side_branch = None
+        if self.plan.routed:
+            self.side_branch = SideBranch.from_backbone(
+                self.backbone.layers, self.plan.split, self.plan.side_depth, dpvr_config.side_init,
+                init_fn=getattr(base, "_init_weights", None),
+            )
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    # The wrapper owns no embeddings of its own: delegate so HF utilities find the base's.
+    def get_input_embeddings(self):
+        return self.base.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.base.get_output_embeddings()
+
+    @property
+    def text_config(self):
+        return self.backbone.text_config
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer=None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        if "past_key_values" in kwargs:  # older callers
+            cache = kwargs.pop("past_key_values")
+        if not self.plan.routed:
+            return self.base(
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy, labels=labels,
+                use_cache=use_cache, logits_to_keep=logits_to_keep, image_sizes=image_sizes, **kwargs,
+            )
+        if input_ids is None:
+            raise ValueError("a routed DPVR model needs input_ids (image and text positions are read from them)")
+        if inputs_embeds is not None:
+            raise ValueError("pass input_ids (and pixel_values), not inputs_embeds, to a routed DPVR model")
+        if use_cache is None:
+            use_cache = bool(getattr(self.text_config, "use_cache", True)) and not self.training
+        if use_cache and cache is None:
+            cache = DPVRCache(config=self.text_config)
+        if cache is not None and not isinstance(cache, DPVRCache):
+            raise TypeError(
+                f"a routed DPVR model keeps per-layer cache lengths in a DPVRCache, got {type(cache).__name__}; "
+                "pass cache=None (one is created) or dpvr.DPVRCache(config=model.text_config)"
+            )
+
+        embeds = self._embed(input_ids, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes)
+        hidden = routed_decoder_forward(
+            self.backbone, self.plan, self.side_branch, input_ids, embeds, attention_mask, position_ids,
+            cache, use_cache,
+        )  # (B, q, d)
+        hidden = self.backbone.norm(slice_logits_to_keep(hidden, logits_to_keep))
+        logits = self.backbone.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.base.loss_function(
+                logits=logits, labels=labels, vocab_size=self.text_config.vocab_size, **kwargs
+            )
+        return LlavaCausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+    def _embed(self, input_ids, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes):
+        """Token embeddings with the image features scattered into the image positions, as LLaVA does."""
+        inner = self.base.model
+        embeds = self.base.get_input_embeddings()(input_ids)  # (B, L, d)
+        if pixel_values is None:
+            return embeds
+        image_outputs = inner.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            image_sizes=image_sizes,
+            return_dict=True,
+        )
+        features = torch.cat(list(image_outputs.pooler_output), dim=0).to(embeds.device, embeds.dtype)
+        mask = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
+        return embeds.masked_scatter(mask, features)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate` with a `DPVRCache` (per-layer lengths) when a cache is used."""
+        gen_config = kwargs.get("generation_config")
+        use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
+        if self.plan.routed and use_cache is not False and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            kwargs["cache"] = DPVRCache(config=self.text_config)
+        return super().generate(*args, **kwargs)
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameter_count(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.trainable_parameter_count()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # ------------------------------------------------------------------ adapters
+    def save_pretrained(self, save_directory: str | Path, **_ignored) -> Path:
+        """Write the side-branch weights (safetensors) and ``dpvr_config.json``, atomically."""
+        from dpvr.adapter import save_adapter
+
+        return save_adapter(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module, adapter_dir: str | Path, verify_base: bool = True) -> "DPVRModel":
+        """Wrap ``base`` with the adapter saved in ``adapter_dir``; refuses an adapter made for another base."""
+        from dpvr.adapter import load_adapter
+
+        return load_adapter(cls, base, adapter_dir, verify_base=verify_base)
+
+
+def get_dpvr_model(base: nn.Module, config: DPVRConfig) -> DPVRModel:
+    """Wrap a loaded LLaVA-style model (e.g. ``LlavaForConditionalGeneration``) with DPVR routing."""
+    if isinstance(base, DPVRModel):
+        raise TypeError("this model is already wrapped by dpvr; pass its .base to wrap it again")
+    return DPVRModel(base, config)

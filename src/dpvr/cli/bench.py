@@ -1,0 +1,211 @@
+"""``dpvr bench``: efficiency of DPVR and its peers (SPEC §9) — analytic FLOPs, measured latency, training step.
+
+    dpvr bench flops --config llava-1.5-7b --split 18 --text-tokens 64,128,256,512
+    dpvr bench latency --config cpu-mid --threads 2 --text-tokens 64,128 --out runs/bench/cpu-mid
+    dpvr bench latency --config llava-1.5-7b --device cuda --dtype bf16 --batch-sizes 1,8
+    dpvr bench train --config cpu-mid --methods lf,pc,kv,lora16,full
+
+``--config`` takes a bundled shape (llava-1.5-7b, llava-1.5-13b, cpu-mid, tiny), a ``config.json``
+or a model directory; models are built with random weights, nothing is downloaded. Each mode prints
+a table and writes ``<mode>.json`` and ``<mode>.png`` to ``--out``. Thin over
+:mod:`dpvr.efficiency` (``flops.analytic_report``, ``latency.measure_latency``, ``train.measure_training``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _routing_args(p: argparse.ArgumentParser, methods_default: str, methods_help: str) -> None:
+    p.add_argument("--config", default=None,
+                   help="bundled shape name, config.json or model directory (default: llava-1.5-7b for flops, "
+                        "cpu-mid on CPU / llava-1.5-7b on CUDA for latency and train)")
+    p.add_argument("--methods", type=_name_list, default=_name_list(methods_default),
+                   help=f"comma-separated methods; vanilla is always included (default {methods_default}). {methods_help}")
+    p.add_argument("--split", type=int, default=None, help="split layer s (default: the shape's usual split)")
+    p.add_argument("--num-fusion-layers", type=int, default=None, help="lf: the last K layers fuse (default 1)")
+    p.add_argument("--side-depth", type=int, default=1, help="D, side-branch layers (default 1)")
+
+
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads, fixed for the run (default 2)")
+    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--system-tokens", type=int, default=35, help="tokens before the image (default 35)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    p.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="efficiency: analytic FLOPs, measured latency/memory, training step",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = p.add_subparsers(dest="bench_mode", metavar="MODE")
+
+    f = modes.add_parser("flops", help="analytic prefill/decode FLOPs and KV-cache bytes of every method",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _routing_args(f, "lf,pc,kv,ideal,fastv,vtw", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw.")
+    f.add_argument("--fusion-layers", type=_int_list, default=None, help="lf: explicit fusion layers, e.g. 24,31")
+    f.add_argument("--fastv-k", type=int, default=2, help="FastV: prune after layer k (default 2)")
+    f.add_argument("--fastv-ratio", type=float, default=0.5, help="FastV: share of image tokens kept (default 0.5)")
+    f.add_argument("--vtw-k", type=int, default=None, help="VTW: drop image tokens at layer k (default: the split)")
+    f.add_argument("--text-tokens", type=_int_list, default=[64, 128, 256, 512],
+                   help="text lengths, comma-separated (default 64,128,256,512)")
+    f.add_argument("--system-tokens", type=int, default=35, help="tokens before the image (default 35)")
+    f.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    f.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
+    f.add_argument("--new-tokens", type=int, default=1, help="decode figures: mean over this many new tokens (default 1)")
+    f.add_argument("--dtype", default="bf16", help="dtype of the KV cache for its byte count (default bf16)")
+    f.add_argument("--lm-head", choices=["last", "all"], default="last",
+                   help="positions lm_head runs on at prefill: last (generation, default) or all (training)")
+    f.add_argument("--out", default="runs/bench", help="output folder for flops.json/flops.png (default runs/bench)")
+    f.add_argument("--no-plot", action="store_true", help="write only flops.json")
+    f.set_defaults(func=run_flops)
+
+    lat = modes.add_parser("latency", help="measured prefill, cached decode, peak memory, KV-cache bytes vs vanilla",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _routing_args(lat, "lf,pc,kv,ideal", "Known: vanilla, lf, pc, kv, ideal (peers once the engine has them).")
+    lat.add_argument("--text-tokens", type=_int_list, default=[64, 128], help="text lengths (default 64,128)")
+    lat.add_argument("--batch-sizes", type=_int_list, default=[1], help="batch sizes (default 1)")
+    lat.add_argument("--new-tokens", type=int, default=8, help="cached decode steps per run (default 8; 0 = none)")
+    lat.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    lat.add_argument("--out", default="runs/bench", help="output folder for latency.json/png (default runs/bench)")
+    lat.add_argument("--no-plot", action="store_true", help="write only latency.json")
+    _measure_args(lat)
+    lat.set_defaults(func=run_latency)
+
+    tr = modes.add_parser("train", help="training-step time and peak memory: DPVR variants vs LoRA and full FT",
+                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _routing_args(tr, "lf,pc,kv,lora16,full", "Known: lf, pc, kv, ideal, lora<R> (e.g. lora16, lora64), full.")
+    tr.add_argument("--text-tokens", type=int, default=128, help="text length (default 128; labels on its last half)")
+    tr.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
+    tr.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    tr.add_argument("--out", default="runs/bench", help="output folder for train.json/train.png (default runs/bench)")
+    tr.add_argument("--no-plot", action="store_true", help="write only train.json")
+    _measure_args(tr)
+    tr.set_defaults(func=run_train)
+
+    p.set_defaults(func=lambda args: _no_mode(p))
+
+
+def _no_mode(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _device_and_dtype(args) -> tuple[str, str]:
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def _default_config(args, device: str) -> str:
+    return args.config or ("llava-1.5-7b" if device.startswith("cuda") else "cpu-mid")
+
+
+def _write(out: str, stem: str, report: dict, plot_fn, no_plot: bool) -> list[Path]:
+    from dpvr.efficiency.report import write_json_atomic
+
+    paths = [write_json_atomic(Path(out) / f"{stem}.json", report)]
+    if not no_plot:
+        paths.append(plot_fn(report, Path(out) / f"{stem}.png"))
+    return paths
+
+
+def run_flops(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpvr.cli import UserError
+    from dpvr.efficiency.flops import ShapeDims, analytic_report, format_table
+    from dpvr.efficiency.latency import DTYPES
+    from dpvr.efficiency.methods import make_methods
+    from dpvr.efficiency.plots import plot_flops
+    from dpvr.shapes import default_split, load_shape_config
+
+    if args.dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
+    for name in ("batch_size", "num_images", "new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.system_tokens < 0:
+        raise UserError("--system-tokens must be >= 0")
+    cfg = load_shape_config(args.config or "llava-1.5-7b")
+    dims = ShapeDims.from_config(cfg)
+    split = args.split if args.split is not None else default_split(cfg)
+    methods = make_methods(args.methods, dims.num_layers, split, args.num_fusion_layers, args.fusion_layers,
+                           args.side_depth, args.fastv_k, args.fastv_ratio, args.vtw_k)
+    report = analytic_report(
+        dims, methods, text_tokens=args.text_tokens, system_tokens=args.system_tokens, num_images=args.num_images,
+        batch=args.batch_size, new_tokens=args.new_tokens,
+        dtype_bytes=torch.empty((), dtype=DTYPES[args.dtype]).element_size(), lm_head_positions=args.lm_head)
+    print(f"{dims.name}: {dims.num_layers} layers, {dims.image_tokens} image tokens/image, "
+          f"{args.system_tokens} system tokens, batch {args.batch_size}, split {split}")
+    print(format_table(report["rows"]))
+    print("LM = decoder layers + side branch; whole = LM + vision tower + projector + lm_head "
+          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); decode = mean over {args.new_tokens} new "
+          f"token(s); KV cache in {args.dtype}.")
+    for path in _write(args.out, "flops", report, plot_flops, args.no_plot):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_latency(args: argparse.Namespace) -> int:
+    from dpvr.efficiency.latency import LatencySettings, format_latency_table, measure_latency
+    from dpvr.efficiency.plots import plot_latency
+
+    device, dtype = _device_and_dtype(args)
+    settings = LatencySettings(
+        text_tokens=args.text_tokens, batch_sizes=args.batch_sizes, new_tokens=args.new_tokens,
+        system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device,
+        threads=args.threads, attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory,
+        split=args.split, num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+    report = measure_latency(_default_config(args, device), args.methods, settings, progress=not args.quiet)
+    print(f"{report['shape']} {dtype} on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
+          f"timing: {report['timing_method']}; memory: {report['memory_method']}")
+    print(format_latency_table(report))
+    print("ratios are paired medians against vanilla from the same rounds; 'analytic' is the whole-model ratio; "
+          "'share' = measured prefill saving / analytic saving.")
+    for path in _write(args.out, "latency", report, plot_latency, args.no_plot):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dpvr.efficiency.plots import plot_train
+    from dpvr.efficiency.train import TrainSettings, format_train_table, measure_training
+
+    device, dtype = _device_and_dtype(args)
+    settings = TrainSettings(
+        text_tokens=args.text_tokens, batch_size=args.batch_size, system_tokens=args.system_tokens,
+        warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device, threads=args.threads,
+        attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory, split=args.split,
+        num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+    report = measure_training(_default_config(args, device), args.methods, settings, progress=not args.quiet)
+    print(f"{report['shape']} {dtype}; timing: {report['timing_method']}; memory: {report['memory_method']}")
+    print(format_train_table(report))
+    for path in _write(args.out, "train", report, plot_train, args.no_plot):
+        print(f"wrote {path}")
+    return 0

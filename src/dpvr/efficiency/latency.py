@@ -1,0 +1,395 @@
+"""Measured prefill latency, cached decode latency, peak memory and KV-cache bytes of every method.
+
+Run it as ``dpvr bench latency --config cpu-mid --threads 2`` or from Python::
+
+    from dpvr.efficiency.latency import LatencySettings, measure_latency
+    report = measure_latency("cpu-mid", ["lf", "pc", "kv"], LatencySettings(text_tokens=[64, 128]))
+
+How it measures (SPEC §9):
+
+* one random-weight ``LlavaForConditionalGeneration`` of the shape (no download), seeded; each
+  method wraps that same base (DPVR variants through ``dpvr.get_dpvr_model``); vanilla is the
+  unwrapped HF model;
+* per (batch size, text length): ``warmup`` untimed rounds, then ``repeats`` rounds; in every round
+  each method runs once — prefill, then ``new_tokens`` cached decode steps with a fixed,
+  pre-drawn token sequence (the same work for every method) — and the method order rotates from
+  round to round, so machine noise hits every method alike;
+* timing: CUDA events on a GPU, ``time.perf_counter`` on CPU with a fixed ``torch`` thread count;
+* ratios to vanilla are taken within a round (paired) and summarised by their median and
+  quartiles, next to the analytic ratios of :mod:`dpvr.efficiency.flops` for the same layout
+  (whole model: the measured forward includes the vision tower, projector and last-position lm_head);
+* peak memory of prefill: :mod:`dpvr.efficiency.memory` (exact allocator peak on GPU, a dispatch-
+  level live-tensor tracker on CPU, in a separate untimed pass); KV-cache bytes: the sum of the
+  key/value tensors the cache holds after prefill.
+
+To add a method (e.g. a peer such as FastV), add it to :mod:`dpvr.efficiency.methods` and register
+a builder ``(base_model, Method) -> model`` in :data:`MODEL_BUILDERS`; methods without a builder
+are reported as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
+from dpvr.efficiency.memory import memory_method, track_peak
+from dpvr.efficiency.methods import Method, make_methods
+from dpvr.efficiency.report import machine_info
+from dpvr.shapes import default_split, load_shape_config, shape_name
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------- models
+def build_random_model(config: LlavaConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                       attn: str = "sdpa", seed: int = 0) -> LlavaForConditionalGeneration:
+    """A random-weight model of this shape, built directly on ``device`` in ``dtype`` (nothing downloaded)."""
+    torch.manual_seed(seed)
+    config._attn_implementation = attn
+    for sub in (config.text_config, config.vision_config):
+        sub._attn_implementation = attn
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.to(dtype=dtype).eval().requires_grad_(False)
+
+
+def _build_dpvr(base: torch.nn.Module, method: Method) -> torch.nn.Module:
+    if method.name == "vanilla":
+        return base
+    try:
+        from dpvr import get_dpvr_model
+    except ImportError as err:
+        raise NotImplementedError(f"the routing engine is not available ({err})") from None
+    return get_dpvr_model(base, method.dpvr).eval()
+
+
+# name -> builder(base_model, method) -> model with the HF call convention (see ModelRunner).
+MODEL_BUILDERS: dict[str, Callable[[torch.nn.Module, Method], torch.nn.Module]] = {
+    name: _build_dpvr for name in ("vanilla", "lf", "pc", "kv", "ideal")
+}
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes of the key/value tensors a cache holds (``DynamicCache`` layers, or any iterable of tensors)."""
+    tensors: list[torch.Tensor] = []
+
+    def collect(obj, depth=0):
+        if depth > 4 or obj is None:
+            return
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                collect(o, depth + 1)
+        elif hasattr(obj, "layers"):  # transformers >= 4.56 Cache: .layers[i].keys / .values
+            for layer in obj.layers:
+                collect([getattr(layer, "keys", None), getattr(layer, "values", None)], depth + 1)
+        elif hasattr(obj, "key_cache"):
+            collect([obj.key_cache, obj.value_cache], depth + 1)
+    collect(cache)
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen and t.numel():
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+class ModelRunner:
+    """Prefill and cached decode through the HF call convention: ``model(input_ids=…, pixel_values=…,
+    attention_mask=…, use_cache=True)`` returns ``.logits`` and ``.cache``; decode passes ``cache=`` and
+    the next token. The unwrapped LLaVA and ``dpvr.get_dpvr_model`` models both follow it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.logits_to_keep = True
+
+    def _call(self, **kwargs):
+        if self.logits_to_keep:
+            try:
+                return self.model(**kwargs, logits_to_keep=1)
+            except TypeError:
+                self.logits_to_keep = False
+        return self.model(**kwargs)
+
+    def prefill(self, inputs: dict):
+        out = self._call(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                         attention_mask=inputs["attention_mask"], use_cache=True)
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        return cache
+
+    def decode(self, cache, inputs: dict, steps: int):
+        mask = inputs["attention_mask"]
+        tokens = inputs["decode_tokens"]
+        for j in range(steps):
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = self._call(input_ids=tokens[:, j : j + 1], attention_mask=mask, cache=cache, use_cache=True)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return cache
+
+
+def make_inputs(config: LlavaConfig, batch: int, system: int, text: int, new_tokens: int,
+                dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
+    """Random prompt ids laid out as ``system`` tokens, one image, ``text`` tokens; random pixels; and a
+    fixed sequence of decode tokens (never the image token)."""
+    g = torch.Generator().manual_seed(seed)
+    vocab, image_id = config.text_config.vocab_size, config.image_token_id
+    dims = ShapeDims.from_config(config)
+
+    def ids(n):
+        x = torch.randint(4, vocab, (batch, n), generator=g)
+        return torch.where(x == image_id, x.new_tensor(4), x)
+
+    input_ids = torch.cat([ids(system), torch.full((batch, dims.image_tokens), image_id), ids(text)], dim=1)
+    size = config.vision_config.image_size
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device=device, dtype=dtype),
+        "decode_tokens": ids(max(new_tokens, 1)).to(device),
+    }
+
+
+# ---------------------------------------------------------------------------------------- timing
+class Timer:
+    """Seconds of a block: CUDA events on a GPU, ``perf_counter`` on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, fn, *args):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return out, start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - t0
+
+
+def summarise(values: list[float]) -> dict:
+    """Median, quartiles, min, max and count of a list of measurements."""
+    a = np.asarray(values, dtype=float)
+    if not len(a):
+        return {"n": 0}
+    q25, q50, q75 = np.percentile(a, [25, 50, 75])
+    return {"median": float(q50), "p25": float(q25), "p75": float(q75), "min": float(a.min()), "max": float(a.max()),
+            "n": int(len(a))}
+
+
+@dataclass
+class LatencySettings:
+    """What :func:`measure_latency` runs. ``threads`` fixes ``torch.set_num_threads`` on CPU."""
+
+    text_tokens: list[int] = field(default_factory=lambda: [64, 128])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    new_tokens: int = 8
+    system_tokens: int = DEFAULT_SYSTEM_TOKENS
+    warmup: int = 1
+    repeats: int = 5
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = 2
+    attn: str = "sdpa"
+    seed: int = 0
+    measure_memory: bool = True
+    split: int | None = None
+    num_fusion_layers: int | None = None
+    fusion_layers: list[int] | None = None
+    side_depth: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.repeats < 1 or self.warmup < 0 or self.new_tokens < 0:
+            raise ValueError("repeats must be >= 1, warmup >= 0 and new_tokens >= 0")
+        if not self.text_tokens or min(self.text_tokens) < 1:
+            raise ValueError(f"text_tokens must be a non-empty list of positive lengths, got {self.text_tokens}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be a non-empty list of positive sizes, got {self.batch_sizes}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine: use --device cpu")
+    return device
+
+
+def measure_latency(
+    config: str | LlavaConfig,
+    method_names: list[str],
+    settings: LatencySettings | None = None,
+    progress: bool = True,
+    model: torch.nn.Module | None = None,
+) -> dict:
+    """Measure every method against vanilla on a random-weight model of ``config``; returns a JSON-ready report.
+
+    ``model`` (optional) is a ready base model to use instead of building one.
+    """
+    s = settings or LatencySettings()
+    cfg = load_shape_config(config) if isinstance(config, str) else config
+    device = resolve_device(s.device)
+    dtype = DTYPES[s.dtype]
+    if device.type == "cpu" and s.threads:
+        torch.set_num_threads(s.threads)
+    n_layers = cfg.text_config.num_hidden_layers
+    split = s.split if s.split is not None else default_split(cfg)
+    methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth)
+    dims = ShapeDims.from_config(cfg)
+
+    base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
+    runners: dict[str, ModelRunner] = {}
+    skipped = []
+    for m in methods:
+        builder = MODEL_BUILDERS.get(m.name)
+        if builder is None:
+            skipped.append({"method": m.name, "reason": f"no model builder registered for {m.name!r} yet "
+                                                        "(dpvr.efficiency.latency.MODEL_BUILDERS)"})
+            continue
+        try:
+            runners[m.label] = ModelRunner(builder(base, m))
+        except NotImplementedError as err:
+            skipped.append({"method": m.name, "reason": str(err)})
+    active = [m for m in methods if m.label in runners]
+
+    results = []
+    rounds = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats + int(s.measure_memory)) * len(active)
+    bar = tqdm(total=rounds, desc="bench latency", unit="run", disable=not progress)
+    for batch in s.batch_sizes:
+        for t in s.text_tokens:
+            inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed)
+            results.extend(_measure_layout(active, runners, inputs, s, device, bar, batch, t))
+            analytic = compare(dims, methods, [t], s.system_tokens, 1, batch, max(s.new_tokens, 1),
+                               torch.empty((), dtype=dtype).element_size())
+            by_label = {r["label"]: r for r in analytic}
+            for r in results:
+                if r["batch"] == batch and r["text_tokens"] == t:
+                    a = by_label[r["label"]]
+                    r["analytic"] = {k: a[k] for k in ("prefill_lm_ratio", "prefill_whole_ratio",
+                                                       "decode_per_token_ratio", "kv_cache_bytes_ratio",
+                                                       "prefill_whole", "decode_per_token", "kv_cache_bytes")}
+                    pre = r["ratios"].get("prefill")
+                    if pre is not None and a["prefill_whole_ratio"] < 1:
+                        r["measured_share_of_analytic_saving"] = (1 - pre) / (1 - a["prefill_whole_ratio"])
+    bar.close()
+    return {
+        "kind": "latency",
+        "shape": shape_name(cfg),
+        "dims": asdict(dims),
+        "settings": asdict(s) | {"split": split},
+        "methods": [{"name": m.name, "label": m.label, "dpvr": m.dpvr.to_dict() if m.dpvr else None,
+                     "options": m.options} for m in methods],
+        "skipped": skipped,
+        "machine": machine_info(device),
+        "timing_method": "CUDA events" if device.type == "cuda"
+        else f"time.perf_counter, torch.set_num_threads({torch.get_num_threads()})",
+        "memory_method": memory_method(device),
+        "results": results,
+    }
+
+
+def _measure_layout(methods, runners, inputs, s: LatencySettings, device, bar, batch, t) -> list[dict]:
+    timer = Timer(device)
+    prefill = {m.label: [] for m in methods}
+    decode = {m.label: [] for m in methods}
+    cache_bytes, peak = {}, {}
+    with torch.inference_mode():
+        for rnd in range(s.warmup + s.repeats):
+            shift = rnd % len(methods)
+            for m in methods[shift:] + methods[:shift]:  # rotate the order every round
+                runner = runners[m.label]
+                cache, t_pre = timer(runner.prefill, inputs)
+                cache_bytes[m.label] = cache_nbytes(cache)
+                t_dec = 0.0
+                if s.new_tokens:
+                    _, t_dec = timer(runner.decode, cache, inputs, s.new_tokens)
+                del cache
+                if rnd >= s.warmup:
+                    prefill[m.label].append(t_pre)
+                    decode[m.label].append(t_dec / max(s.new_tokens, 1))
+                bar.update()
+        if s.measure_memory:
+            for m in methods:
+                with track_peak(device) as mem:
+                    cache = runners[m.label].prefill(inputs)
+                del cache
+                peak[m.label] = mem["peak_bytes"]
+                bar.update()
+    ref = methods[0].label
+    rows = []
+    for m in methods:
+        paired = [a / b for a, b in zip(prefill[m.label], prefill[ref])]
+        paired_dec = [a / b for a, b in zip(decode[m.label], decode[ref]) if b > 0]
+        row = {
+            "method": m.name,
+            "label": m.label,
+            "batch": batch,
+            "text_tokens": t,
+            "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "prefill_s": summarise(prefill[m.label]),
+            "decode_s_per_token": summarise(decode[m.label]) if s.new_tokens else None,
+            "kv_cache_bytes": cache_bytes[m.label],
+            "peak_prefill_bytes": peak.get(m.label),
+            "ratios": {
+                "prefill": statistics.median(paired),
+                "prefill_p25_p75": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))],
+                "decode": statistics.median(paired_dec) if paired_dec else None,
+                "decode_p25_p75": [float(np.percentile(paired_dec, 25)), float(np.percentile(paired_dec, 75))]
+                if paired_dec else None,
+                "kv_cache": cache_bytes[m.label] / cache_bytes[ref] if cache_bytes[ref] else None,
+                "peak_prefill": peak[m.label] / peak[ref] if peak.get(ref) else None,
+            },
+        }
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "" if value is None else format(value * scale, spec)
+
+
+def format_latency_table(report: dict) -> str:
+    """A plain-text table of a :func:`measure_latency` report."""
+    head = (f"{'batch':>5} {'text':>5} {'method':<20} {'prefill ms':>10} {'ratio':>6} {'analytic':>8} {'share':>6} "
+            f"{'decode ms/tok':>13} {'ratio':>6} {'analytic':>8} {'peak MiB':>9} {'ratio':>6} {'KV MiB':>7} {'ratio':>6} "
+            f"{'analytic':>8}")
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        ra, an = r["ratios"], r.get("analytic", {})
+        dec = r["decode_s_per_token"] or {}
+        lines.append(
+            f"{r['batch']:>5} {r['text_tokens']:>5} {r['label']:<20} {_fmt(r['prefill_s']['median'], '.1f', 1e3):>10} "
+            f"{_fmt(ra['prefill'], '.3f'):>6} {_fmt(an.get('prefill_whole_ratio'), '.3f'):>8} "
+            f"{_fmt(r.get('measured_share_of_analytic_saving'), '.0%'):>6} "
+            f"{_fmt(dec.get('median'), '.2f', 1e3):>13} {_fmt(ra['decode'], '.3f'):>6} "
+            f"{_fmt(an.get('decode_per_token_ratio'), '.3f'):>8} "
+            f"{_fmt(r['peak_prefill_bytes'], '.1f', 2**-20):>9} {_fmt(ra['peak_prefill'], '.3f'):>6} "
+            f"{_fmt(r['kv_cache_bytes'], '.1f', 2**-20):>7} {_fmt(ra['kv_cache'], '.3f'):>6} "
+            f"{_fmt(an.get('kv_cache_bytes_ratio'), '.3f'):>8}"
+        )
+    for sk in report.get("skipped", []):
+        lines.append(f"skipped {sk['method']}: {sk['reason']}")
+    return "\n".join(lines)

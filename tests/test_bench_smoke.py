@@ -1,0 +1,66 @@
+"""`dpvr bench` end to end on the tiny shape: runs in seconds, writes JSON + PNG. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dpvr
+from dpvr.cli import main
+from dpvr.shapes import load_shape_config, parameter_counts
+
+needs_engine = pytest.mark.skipif(not hasattr(dpvr, "get_dpvr_model"), reason="routing engine not available")
+
+
+def test_bench_flops_cli(tmp_path, capsys):
+    assert main(["bench", "flops", "--config", "llava-1.5-7b", "--text-tokens", "128", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "flops.json").read_text())
+    assert (tmp_path / "flops.png").stat().st_size > 0
+    lf = next(r for r in report["rows"] if r["method"] == "lf")
+    assert lf["saving_lm"] == pytest.approx(0.29, abs=0.01)
+    assert {r["method"] for r in report["rows"]} == {"vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw"}
+    assert "lf(s=18,K=1,D=1)" in capsys.readouterr().out
+
+
+@needs_engine
+def test_bench_latency_cli_tiny(tmp_path):
+    args = ["bench", "latency", "--config", "tiny", "--methods", "lf,kv", "--text-tokens", "8", "--new-tokens", "2",
+            "--warmup", "0", "--repeats", "1", "--threads", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    assert (tmp_path / "latency.png").stat().st_size > 0
+    assert report["skipped"] == []
+    rows = {r["method"]: r for r in report["results"]}
+    assert set(rows) == {"vanilla", "lf", "kv"}
+    for r in rows.values():
+        assert r["prefill_s"]["n"] == 1 and r["decode_s_per_token"]["median"] > 0
+        assert r["peak_prefill_bytes"] > 0
+        # the cache really holds what the analytic model says: text layers drop the image positions
+        assert r["kv_cache_bytes"] == r["analytic"]["kv_cache_bytes"]
+    assert rows["lf"]["ratios"]["kv_cache"] < 1 and rows["kv"]["ratios"]["kv_cache"] == 1
+
+
+@needs_engine
+def test_bench_train_cli_tiny(tmp_path):
+    args = ["bench", "train", "--config", "tiny", "--methods", "lf,lora4,full", "--text-tokens", "8",
+            "--warmup", "0", "--repeats", "1", "--threads", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "train.json").read_text())
+    rows = {r["method"]: r for r in report["results"]}
+    counts = parameter_counts(load_shape_config("tiny"), dpvr.DPVRConfig(variant="lf", split=2))
+    assert rows["lf"]["trainable_parameters"] == counts["side_branch"]
+    assert rows["lora4"]["trainable_parameters"] < rows["full"]["trainable_parameters"]
+    assert all(r["peak_step_bytes"] > 0 for r in rows.values())
+
+
+def test_bench_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "flops", "--methods", "lf,fastvv", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["bench", "flops", "--config", "nope-7b", "--out", str(tmp_path)]) == 2
+    assert "not a bundled shape" in capsys.readouterr().err
+    assert main(["bench", "flops", "--split", "40", "--out", str(tmp_path)]) == 2
+    assert "split=40" in capsys.readouterr().err
+    assert main(["bench", "train", "--config", "tiny", "--methods", "lora", "--out", str(tmp_path)]) == 2
+    assert "unknown training method" in capsys.readouterr().err
+    assert not (tmp_path / "flops.json").exists()

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["analyze", "bench"]
+SUBCOMMANDS: list[str] = ["route", "analyze", "bench"]
 
 
 class UserError(Exception):

@@ -69,40 +69,35 @@ def text_to_image_attention(
     head_dim = module.head_dim
     groups = getattr(module, "num_key_value_groups", 1)
     scaling = getattr(module, "scaling", head_dim ** -0.5)
-    cos, sin = position_embeddings
-    num_heads = None
-    mass = torch.full((B,), math.nan, dtype=torch.float64)
-    per_head: torch.Tensor | None = None
-    for b in range(B):
-        q_pos = queries[b].to(hidden.device)
-        if q_pos.numel() == 0:
-            continue
-        hb = hidden[b:b + 1]  # (1, L, d)
-        q = _split_heads(module, module.q_proj, "q_norm", hb[:, q_pos], head_dim)  # (1, H, Tq, hd)
-        k = _split_heads(module, module.k_proj, "k_norm", hb, head_dim)  # (1, KV, L, hd)
-        cb = cos[b:b + 1] if cos.shape[0] > 1 else cos
-        sb = sin[b:b + 1] if sin.shape[0] > 1 else sin
-        q, _ = rope(q, q, cb[:, q_pos], sb[:, q_pos])
-        k, _ = rope(k, k, cb, sb)
-        k = k.repeat_interleave(groups, dim=1)  # (1, H, L, hd)
-        scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (1, H, Tq, L)
-        if attention_mask is None:
-            allowed = torch.arange(L, device=q_pos.device)[None, :] <= q_pos[:, None]  # (Tq, L)
-            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        else:
-            m = attention_mask[b if attention_mask.shape[0] > 1 else 0][:, q_pos, :L]  # (1|H, Tq, L)
-            if m.dtype == torch.bool:
-                scores = scores.masked_fill(~m[None], torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + m[None]
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # as eager does
-        share = probs.float()[..., image[b].to(probs.device)].sum(-1)[0]  # (H, Tq)
-        if per_head is None:
-            num_heads = share.shape[0]
-            per_head = torch.full((B, num_heads), math.nan, dtype=torch.float64)
-        per_head[b] = share.mean(-1).double().cpu()
-        mass[b] = share.double().mean().cpu()
-    if per_head is None:
-        num_heads = getattr(module.config, "num_attention_heads", 1)
-        per_head = torch.full((B, num_heads), math.nan, dtype=torch.float64)
-    return mass, per_head
+    dev = hidden.device
+    counts = torch.tensor([int(q.numel()) for q in queries])
+    Tq = max(1, int(counts.max()))
+    q_index = torch.zeros(B, Tq, dtype=torch.long)
+    for b, q in enumerate(queries):
+        q_index[b, :q.numel()] = q
+    q_valid = (torch.arange(Tq)[None, :] < counts[:, None]).to(dev)  # (B, Tq)
+    q_index = q_index.to(dev)
+
+    h_q = torch.gather(hidden, 1, q_index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, Tq, d)
+    q = _split_heads(module, module.q_proj, "q_norm", h_q, head_dim)  # (B, H, Tq, hd)
+    k = _split_heads(module, module.k_proj, "k_norm", hidden, head_dim)  # (B, KV, L, hd)
+    cos, sin = (t.expand(B, -1, -1) for t in position_embeddings)  # (B, L, hd)
+    idx = q_index[..., None].expand(-1, -1, cos.shape[-1])
+    q, _ = rope(q, q, torch.gather(cos, 1, idx), torch.gather(sin, 1, idx))
+    k, _ = rope(k, k, cos, sin)
+    k = k.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (B, H, Tq, L)
+    low = torch.finfo(scores.dtype).min
+    if attention_mask is None:
+        allowed = torch.arange(L, device=dev)[None, None, :] <= q_index[:, :, None]  # (B, Tq, L)
+        scores = scores.masked_fill(~allowed[:, None], low)
+    else:
+        m = attention_mask.expand(B, -1, -1, -1)  # (B, 1|H, L, Lk)
+        rows = torch.gather(m, 2, q_index[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))[..., :L]
+        scores = scores.masked_fill(~rows, low) if rows.dtype == torch.bool else scores + rows
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # as eager does
+    share = (probs.float() * image.to(dev)[:, None, None, :]).sum(-1)  # (B, H, Tq)
+    n = q_valid.sum(-1, keepdim=True)  # (B, 1)
+    per_head = (share * q_valid[:, None, :]).sum(-1) / n.clamp(min=1)  # (B, H)
+    per_head = torch.where(n > 0, per_head, torch.full_like(per_head, math.nan)).double().cpu()
+    return per_head.mean(-1), per_head

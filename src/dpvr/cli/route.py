@@ -13,12 +13,11 @@ def add_parser(sub) -> None:
         description=(
             "Wraps a LLaVA model with each variant (untrained side branch, copied from layer s), runs one prompt, "
             "and prints how far each moves from vanilla, whether cached greedy decode equals a no-cache recompute, "
-            "and how many positions the deep layers process. Without --model it uses a small random-weight LLaVA "
-            "built on the spot (no download)."
+            "and how many positions the deep layers process. The model is a small random-weight LLaVA built "
+            "on the spot (no download)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", help="a LLaVA checkpoint folder (LlavaForConditionalGeneration + processor)")
     p.add_argument("--split", type=int, help="split layer s (default: half the layers)")
     p.add_argument("--variants", default="vanilla,lf,pc,kv,ideal", help="comma-separated variants to compare")
     p.add_argument("--image-tokens", type=int, default=64, help="image tokens of the random model (a square number)")
@@ -37,8 +36,6 @@ def run(args) -> int:
     from dpvr.io import write_json_atomic
     from dpvr.random_model import random_llava, random_prompt
 
-    if args.model:
-        raise UserError("--model is not supported yet by `dpvr route`; omit it to use a random-weight LLaVA")
     side = int(round(args.image_tokens ** 0.5))
     if side * side != args.image_tokens:
         raise UserError(f"--image-tokens must be a square number (patch grid), got {args.image_tokens}")

@@ -53,10 +53,10 @@ def base_fingerprint(base) -> dict:
     }
 
 
-def save_adapter(model, save_directory: str | Path) -> Path:
+def adapter_files(model) -> tuple[dict, dict]:
+    """(state dict of the side branch with its saved key names, metadata for dpvr_config.json)."""
     from dpvr import __version__
 
-    target = Path(save_directory)
     if model.side_branch is None:
         raise ValueError(f"variant {model.dpvr_config.variant!r} with split {model.plan.split} has no side branch to save")
     state = {f"side_branch.{k}": v.detach().contiguous().cpu() for k, v in model.side_branch.state_dict().items()}
@@ -70,13 +70,33 @@ def save_adapter(model, save_directory: str | Path) -> Path:
         },
         "num_parameters": sum(v.numel() for v in state.values()),
     }
+    return state, meta
+
+
+def write_adapter_files(model, directory: str | Path) -> Path:
+    """Write the adapter's two files into an existing folder, each through a temp file and a rename."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state, meta = adapter_files(model)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        tmp = directory / f".{name}.tmp"
+        if name == WEIGHTS_NAME:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        else:
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, directory / name)
+    return directory
+
+
+def save_adapter(model, save_directory: str | Path) -> Path:
+    """Write a complete adapter folder next to the target, then swap it in."""
+    target = Path(save_directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory; choose another output path")
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_adapter_files(model, staging)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "adapter")
@@ -123,14 +143,21 @@ def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):
                 f"adapter {adapter_dir} was made for a different base model ({made_for}): " + "; ".join(diffs)
                 + ". Load the base it was trained on (or pass verify_base=False if you know they match)."
             )
-    weights = adapter_dir / WEIGHTS_NAME
+    model = cls(base, config)
+    load_side_branch_weights(model, adapter_dir)
+    return model
+
+
+def load_side_branch_weights(model, adapter_dir: str | Path) -> None:
+    """Load ``adapter_model.safetensors`` from ``adapter_dir`` into ``model.side_branch`` (strict)."""
+    config = model.dpvr_config
+    weights = Path(adapter_dir) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; the adapter is incomplete, save it again")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights} cannot be read ({err}); the adapter is corrupt, save it again") from err
-    model = cls(base, config)
     own = {f"side_branch.{k}": v for k, v in model.side_branch.state_dict().items()}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
@@ -141,6 +168,4 @@ def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):
     bad_shapes = [k for k in own if own[k].shape != state[k].shape]
     if bad_shapes:
         raise ValueError(f"{weights} has tensors of the wrong shape for this base: {bad_shapes[:3]}")
-    device_state = {k[len("side_branch."):]: v for k, v in state.items()}
-    model.side_branch.load_state_dict(device_state, strict=True)
-    return model
+    model.side_branch.load_state_dict({k[len("side_branch."):]: v for k, v in state.items()}, strict=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import dpvr
 from dpvr.cli import main
@@ -64,3 +65,16 @@ def test_bench_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "train", "--config", "tiny", "--methods", "lora", "--out", str(tmp_path)]) == 2
     assert "unknown training method" in capsys.readouterr().err
     assert not (tmp_path / "flops.json").exists()
+
+
+@needs_engine
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_latency_cuda_tiny(tmp_path):
+    args = ["bench", "latency", "--config", "tiny", "--methods", "lf", "--text-tokens", "8", "--new-tokens", "2",
+            "--warmup", "1", "--repeats", "2", "--device", "cuda", "--dtype", "bf16", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "latency.json").read_text())
+    assert report["timing_method"] == "CUDA events" and "max_memory_allocated" in report["memory_method"]
+    for r in report["results"]:
+        assert r["kv_cache_bytes"] == r["analytic"]["kv_cache_bytes"] and r["peak_prefill_bytes"] > 0

@@ -10,7 +10,7 @@ random-weight model of the shape and a random prompt laid out like LLaVA's (syst
 text; labels on the last half of the text, -100 elsewhere). Trainable parameters per method:
 
 =========  ======================================================================================
-lf/pc/kv   the side branch only (``dpvr.get_dpvr_model``); every DPVR variant wraps one shared base
+lf/pc/kv   the side branch only (``dpvr.get_dpvr_model``); every DPVR variant wraps the one frozen base
 ideal      same; note its side branch gets no gradient under LLaVA labels (SPEC §3)
 loraR      LoRA of rank R (``lora16``, ``lora64``, any ``lora<R>``) on every linear layer of the
            language model (q/k/v/o, gate/up/down), through ``peft``; alpha = 2R
@@ -77,13 +77,13 @@ class TrainSettings:
             raise ValueError("repeats >= 1, warmup >= 0, text_tokens >= 2 and batch_size >= 1 are needed")
 
 
-def _prepare(name: str, base, shared_base, split: int, s: TrainSettings):
+def _prepare(name: str, base, split: int, s: TrainSettings):
     """The trainable model of one method (and the params its optimizer owns)."""
     if name in TRAIN_DPVR:
         import dpvr
 
         fusion = {"num_fusion_layers": s.num_fusion_layers} if name == "lf" else {}
-        model = dpvr.get_dpvr_model(shared_base, DPVRConfig(variant=name, split=split, side_depth=s.side_depth, **fusion))
+        model = dpvr.get_dpvr_model(base, DPVRConfig(variant=name, split=split, side_depth=s.side_depth, **fusion))
     elif name == "full":
         model = copy.deepcopy(base)
         model.requires_grad_(False)
@@ -118,7 +118,6 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
                side_depth=s.side_depth).resolve(cfg.text_config.num_hidden_layers)
 
     base = build_random_model(cfg, dtype, device, s.attn, s.seed)
-    shared = copy.deepcopy(base) if any(n in TRAIN_DPVR for n in names) else None
     inputs = make_inputs(cfg, s.batch_size, s.system_tokens, s.text_tokens, 0, dtype, device, s.seed)
     labels = torch.full_like(inputs["input_ids"], -100)
     answer = s.text_tokens // 2
@@ -127,8 +126,10 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
              "attention_mask": inputs["attention_mask"], "labels": labels}
 
     setups = {}
-    for name in names:
-        model, params = _prepare(name, base, shared, split, s)
+    # LoRA and full fine-tuning train (a copy of) the base, so they are prepared first; the DPVR
+    # variants then all wrap the one frozen base.
+    for name in sorted(names, key=lambda n: n in TRAIN_DPVR):
+        model, params = _prepare(name, base, split, s)
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
         setups[name] = (model, params, opt)
     del base

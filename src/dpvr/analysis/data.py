@@ -148,30 +148,20 @@ def _answer_mask(processor, messages, text, ids: torch.Tensor, image_token_id: i
     return mask
 
 
-def iter_samples(
-    records: list[dict],
-    processor,
-    image_folder: str | Path,
-    image_token_id: int,
-    num_samples: int,
-    seed: int = 0,
-    counts: dict | None = None,
-) -> Iterator[dict]:
-    """Up to ``num_samples`` encoded records with at least one image, in a seeded random order.
+def select_records(records: list[dict], num_samples: int, seed: int = 0) -> tuple[list[tuple[int, dict]], dict]:
+    """Up to ``num_samples`` records with at least one image, in a seeded random order.
 
-    ``counts`` (if given) is updated with ``read`` and ``skipped_text_only``.
+    Returns ``[(index, record), ...]`` and counts (``read``, ``skipped_text_only``). Raises a
+    ``ValueError`` when no record has an image.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
-    counts = counts if counts is not None else {}
-    counts.setdefault("read", 0)
-    counts.setdefault("skipped_text_only", 0)
-    used = 0
+    chosen, counts = [], {"read": 0, "skipped_text_only": 0}
     for i in order:
-        if used >= num_samples:
-            return
+        if len(chosen) >= num_samples:
+            break
         rec = records[i]
         if not isinstance(rec, dict):
             raise ValueError(f"record {i} is not a JSON object: {rec!r:.80}")
@@ -179,5 +169,25 @@ def iter_samples(
         if not record_images(rec):
             counts["skipped_text_only"] += 1
             continue
-        used += 1
+        chosen.append((i, rec))
+    if not chosen:
+        raise ValueError(f"no usable samples: {counts['read']} record(s) read, {counts['skipped_text_only']} "
+                         "text-only (the analysis needs records with an image)")
+    return chosen, counts
+
+
+def check_images(chosen: list[tuple[int, dict]], image_folder: str | Path) -> None:
+    """Fail early (before a model is loaded) if an image of a chosen record is missing."""
+    for i, rec in chosen:
+        for name in record_images(rec):
+            path = Path(image_folder) / name
+            if not path.is_file():
+                raise FileNotFoundError(f"image {path} of record {rec.get('id', i)!r} not found "
+                                        "(check --image-folder)")
+
+
+def iter_samples(chosen: list[tuple[int, dict]], processor, image_folder: str | Path,
+                 image_token_id: int) -> Iterator[dict]:
+    """Encode the chosen records lazily, one at a time."""
+    for i, rec in chosen:
         yield encode_record(rec, processor, image_folder, image_token_id, i)

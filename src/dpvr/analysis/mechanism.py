@@ -34,6 +34,7 @@ class MechanismCheck:
         self.cos_image = RunningStat((self.split,))
         self.cos_text = RunningStat((self.split,))
         self.cos_min = torch.full((self.split,), math.inf, dtype=torch.float64)
+        self.max_abs_diff = torch.zeros(self.split, dtype=torch.float64)
         F_ = len(self.fusion_layers)
         self.attn_routed = RunningStat((F_,))
         self.attn_vanilla = RunningStat((F_,))
@@ -76,6 +77,8 @@ class MechanismCheck:
                 real = (layout.image | layout.text).to(cos.device)
                 if real.any():
                     self.cos_min[i] = min(float(self.cos_min[i]), float(cos[real].min()))
+                    diff = (out[real].float() - ref[real].float()).abs().max()
+                    self.max_abs_diff[i] = max(float(self.max_abs_diff[i]), float(diff))
             return hook
 
         handles = [self.layers[i].register_forward_hook(compare(i)) for i in range(self.split)]
@@ -84,7 +87,7 @@ class MechanismCheck:
                             layers=self.fusion_layers) as probe:
                 probe.layout = layout
                 self.routed(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                            attention_mask=batch["attention_mask"])
+                            attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=1)
                 routed_values = probe.collect()
         finally:
             for h in handles:
@@ -110,6 +113,7 @@ class MechanismCheck:
                 "image": self.cos_image.to_dict(),
                 "text": self.cos_text.to_dict(),
                 "min": _floats(torch.where(torch.isinf(self.cos_min), torch.nan, self.cos_min)),
+                "max_abs_diff": _floats(self.max_abs_diff),
                 "layers_not_compared": sorted(self.skipped_layers),
             },
             "fusion_attention": {
@@ -126,8 +130,9 @@ class MechanismCheck:
         d = self.to_dict()
         sc = d["shallow_cosine"]
         mins = [m for m in sc["min"] if m is not None]
-        lines = [f"Shallow stack (layers 0–{self.split - 1}): routed vs vanilla cosine, min over all positions "
-                 f"{min(mins):.6f}" if mins else "Shallow stack: no layer could be compared"]
+        lines = [f"Shallow stack (layers 0–{self.split - 1}): routed vs vanilla hidden states, cosine min over "
+                 f"all positions {min(mins):.6f}, max |difference| {max(sc['max_abs_diff']):.3g}"
+                 if mins else "Shallow stack: no layer could be compared"]
         fa = d["fusion_attention"]
         for j, layer in enumerate(fa["layers"]):
             r, v = fa["routed"]["mean"][j], fa["vanilla"]["mean"][j]

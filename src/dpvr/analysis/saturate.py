@@ -236,7 +236,10 @@ def _make_mechanism(model, routed, N: int, H: int):
 
 def routed_plan(routed, num_layers: int) -> tuple[int, list[int]]:
     """``(split, fusion_layers)`` of a DPVR model, from its config resolved against the backbone."""
-    cfg = getattr(routed, "dpvr_config", None) or getattr(routed, "config_dpvr", None)
+    plan = getattr(routed, "plan", None)
+    if plan is not None and hasattr(plan, "fusion_layers"):
+        return int(plan.split), list(plan.fusion_layers)
+    cfg = getattr(routed, "dpvr_config", None)
     if cfg is None:
         raise ValueError(f"{type(routed).__name__} has no dpvr_config: pass a model from dpvr.get_dpvr_model "
                          "or DPVRModel.from_pretrained")
@@ -366,35 +369,27 @@ def run_analysis(
     ``model``/``data``/``image_folder`` default to the embedded tiny model and its generated
     training data; ``adapter`` adds the mechanism checks of a trained DPVR adapter.
     """
-    from dpvr.analysis.data import iter_samples, load_records
+    from dpvr.analysis.data import check_images, iter_samples, load_records, select_records
 
     if num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
     data, image_folder = _default_data(data, image_folder)
     if not Path(image_folder).is_dir():
         raise FileNotFoundError(f"image folder {image_folder} not found")
-    records = load_records(data)
-    if not records:
-        raise ValueError(f"no usable samples: {data} holds no records")
+    chosen, counts = select_records(load_records(data), num_samples, seed)
+    check_images(chosen, image_folder)
     base, processor, model_name = load_model_and_processor(
         model, dtype=dtype, device=device, attn_implementation=attn_implementation)
     routed = None
     if adapter is not None:
         routed = _load_adapter(base, adapter)
-    counts: dict = {}
-    samples = iter_samples(records, processor, image_folder, image_token_id(base), num_samples, seed, counts)
+    samples = iter_samples(chosen, processor, image_folder, image_token_id(base))
     settings = {"model": model_name, "data": str(data), "image_folder": str(image_folder),
                 "num_samples": num_samples, "seed": seed, "adapter": None if adapter is None else str(adapter)}
-    try:
-        result = analyze_saturation(
-            base, samples, batch_size=batch_size, share=share, lens_image_positions=lens_image_positions,
-            num_fusion_layers=num_fusion_layers, min_split=min_split, routed=routed, progress=progress,
-            total=min(num_samples, len(records)), settings=settings)
-    except ValueError as err:
-        if "no usable samples" in str(err):
-            raise ValueError(f"no usable samples in {data}: {counts.get('read', 0)} record(s) read, "
-                             f"{counts.get('skipped_text_only', 0)} text-only (the analysis needs images)") from None
-        raise
+    result = analyze_saturation(
+        base, samples, batch_size=batch_size, share=share, lens_image_positions=lens_image_positions,
+        num_fusion_layers=num_fusion_layers, min_split=min_split, routed=routed, progress=progress,
+        total=len(chosen), settings=settings)
     result.samples.update(counts)
     return result, write_outputs(result, out_dir, plot=plot)
 

@@ -137,7 +137,10 @@ def suggest_split(
         t = transitions.get(key) or {}
         if t.get("layer") is None:
             return None
-        return fmt.format(**t)
+        try:
+            return fmt.format(**t)
+        except (KeyError, TypeError, ValueError):  # partial transition records (e.g. hand-made)
+            return f"The {t.get('name', key)} transition is at layer {t['layer']}."
 
     share = next((t["share"] for t in transitions.values() if t.get("share") is not None), 0.9)
     pct = f"{share:.0%}"

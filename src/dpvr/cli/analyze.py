@@ -51,12 +51,21 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--share must be in (0, 1], got {args.share}")
     if args.lens_image_positions < 0:
         raise UserError(f"--lens-image-positions must be >= 0, got {args.lens_image_positions}")
-    result, paths = run_analysis(
-        args.model, args.data, args.image_folder, args.out, num_samples=args.num_samples,
-        batch_size=args.batch_size, seed=args.seed, adapter=args.adapter, share=args.share,
-        lens_image_positions=args.lens_image_positions, num_fusion_layers=args.num_fusion_layers,
-        min_split=args.min_split, attn_implementation=args.attn_implementation, dtype=args.dtype,
-        device=args.device, plot=not args.no_plot, progress=not args.quiet)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        result, paths = run_analysis(
+            args.model, args.data, args.image_folder, args.out, num_samples=args.num_samples,
+            batch_size=args.batch_size, seed=args.seed, adapter=args.adapter, share=args.share,
+            lens_image_positions=args.lens_image_positions, num_fusion_layers=args.num_fusion_layers,
+            min_split=args.min_split, attn_implementation=args.attn_implementation, dtype=args.dtype,
+            device=args.device, plot=not args.no_plot, progress=not args.quiet)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     print(format_report(result))
     for kind, path in paths.items():
         print(f"wrote {path}")

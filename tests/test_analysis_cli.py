@@ -154,6 +154,7 @@ def test_cli_bad_input_is_one_clear_line(workspace, tmp_path, capsys, case, mess
     elif case == "missing-data":
         data = tmp_path / "absent.json"
     out = tmp_path / "out"
+    capsys.readouterr()  # drop what building the inputs printed
     rc = main(["analyze", "--model", str(model), "--data", str(data), "--image-folder", str(root / "data")
                if case != "missing-image" else str(tmp_path), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()

@@ -102,6 +102,30 @@ def test_attention_mass_matches_eager_output_attentions(attn):
                                        atol=1e-6, rtol=0)
 
 
+def test_attention_in_query_chunks_is_exact(model):
+    """Long sequences are processed in query chunks (bounded memory) with the same result."""
+    batch = collate(list(make_samples(model, 3, seed=3)), pad_id=0)
+    layout = make_layout(batch["input_ids"], batch["attention_mask"], IMAGE_TOKEN_ID, batch["answer_mask"])
+    per_head = []
+    for limit in (2 ** 26, 1):  # one chunk / one query at a time
+        with torch.no_grad(), LayerProbe(model, cosine=False, lens=False, max_scores_elements=limit) as probe:
+            probe.layout = layout
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  pixel_values=batch["pixel_values"])
+            per_head.append(probe.collect()["attn_per_head"])
+    torch.testing.assert_close(per_head[0], per_head[1], atol=1e-7, rtol=0)
+
+
+def test_lens_positions_are_capped():
+    ids = torch.tensor([[1, 5] + [IMAGE_TOKEN_ID] * 10 + [6, 7, 8, 9, 10, 11]])
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[0, 12:17] = True
+    lay = make_layout(ids, torch.ones_like(ids), IMAGE_TOKEN_ID, answer, lens_positions=3)
+    assert lay.lens_image.sum() == 3 and lay.lens_text.sum() == 3
+    assert lay.lens_index[0, :3].tolist() == [2, 6, 11] and lay.lens_index[0, 3:].tolist() == [12, 14, 16]
+    assert lay.queries[0].tolist() == [12, 13, 14, 15, 16, 17]
+
+
 def test_batch_1_equals_batch_4(model):
     one = analyze_saturation(model, make_samples(model, 8, seed=2), batch_size=1, progress=False)
     four = analyze_saturation(model, make_samples(model, 8, seed=2), batch_size=4, progress=False)

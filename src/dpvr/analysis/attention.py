@@ -43,6 +43,7 @@ def text_to_image_attention(
     attention_mask: torch.Tensor | None,
     queries: list[torch.Tensor],
     image: torch.Tensor,
+    max_scores_elements: int = 2 ** 26,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Share of attention that text queries put on image keys, in one attention module.
 
@@ -54,6 +55,8 @@ def text_to_image_attention(
             (True = attend) or an additive float mask, (B or 1, 1 or H, L, ≥L).
         queries: per sample, the query positions to average over.
         image: (B, L) bool, image-key positions.
+        max_scores_elements: queries are processed in chunks so that one score tensor holds at
+            most this many elements (256 MB in float32), whatever the sequence length.
 
     Returns:
         ``(mass, per_head)``: (B,) head- and query-mean share, (B, H) query-mean share per head;
@@ -86,17 +89,26 @@ def text_to_image_attention(
     q, _ = rope(q, q, torch.gather(cos, 1, idx), torch.gather(sin, 1, idx))
     k, _ = rope(k, k, cos, sin)
     k = k.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # (B, H, Tq, L)
-    low = torch.finfo(scores.dtype).min
-    if attention_mask is None:
-        allowed = torch.arange(L, device=dev)[None, None, :] <= q_index[:, :, None]  # (B, Tq, L)
-        scores = scores.masked_fill(~allowed[:, None], low)
-    else:
-        m = attention_mask.expand(B, -1, -1, -1)  # (B, 1|H, L, Lk)
-        rows = torch.gather(m, 2, q_index[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))[..., :L]
-        scores = scores.masked_fill(~rows, low) if rows.dtype == torch.bool else scores + rows
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # as eager does
-    share = (probs.float() * image.to(dev)[:, None, None, :]).sum(-1)  # (B, H, Tq)
+    image = image.to(dev)
+    H = q.shape[1]
+    chunk = max(1, max_scores_elements // max(1, B * H * L))  # bound the (B, H, chunk, L) score tensors
+    shares = []
+    for c0 in range(0, Tq, chunk):
+        qi = q_index[:, c0:c0 + chunk]  # (B, c)
+        scores = torch.matmul(q[:, :, c0:c0 + chunk], k.transpose(2, 3)) * scaling  # (B, H, c, L)
+        low = torch.finfo(scores.dtype).min
+        if attention_mask is None:
+            allowed = torch.arange(L, device=dev)[None, None, :] <= qi[:, :, None]  # (B, c, L)
+            scores = scores.masked_fill(~allowed[:, None], low)
+        else:
+            m = attention_mask.expand(B, -1, -1, -1)  # (B, 1|H, L, Lk)
+            rows = torch.gather(m, 2, qi[:, None, :, None].expand(-1, m.shape[1], -1, m.shape[3]))[..., :L]
+            scores = scores.masked_fill(~rows, low) if rows.dtype == torch.bool else scores + rows
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # as eager does
+        del scores
+        shares.append((probs.float() * image[:, None, None, :]).sum(-1))  # (B, H, c)
+        del probs
+    share = torch.cat(shares, dim=-1)  # (B, H, Tq)
     n = q_valid.sum(-1, keepdim=True)  # (B, 1)
     per_head = (share * q_valid[:, None, :]).sum(-1) / n.clamp(min=1)  # (B, H)
     per_head = torch.where(n > 0, per_head, torch.full_like(per_head, math.nan)).double().cpu()

@@ -88,7 +88,10 @@ def encode_record(record: dict, processor, image_folder: str | Path, image_token
     answer_mask = _answer_mask_from_labels(record, processor, ids, image_token_id, len(names))
     if answer_mask is None:
         answer_mask = _answer_mask(processor, messages, text, ids, image_token_id)
-    return {"id": rid, "input_ids": ids, "pixel_values": enc.get("pixel_values"), "answer_mask": answer_mask}
+    sample = {"id": rid, "input_ids": ids, "pixel_values": enc.get("pixel_values"), "answer_mask": answer_mask}
+    if enc.get("image_sizes") is not None:  # LLaVA-NeXT-style processors
+        sample["image_sizes"] = enc["image_sizes"]
+    return sample
 
 
 def _answer_mask_from_labels(record, processor, ids, image_token_id: int, n_images: int):

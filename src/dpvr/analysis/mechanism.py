@@ -86,8 +86,7 @@ class MechanismCheck:
             with LayerProbe(self.base, cosine=False, lens=False, attention=True,
                             layers=self.fusion_layers) as probe:
                 probe.layout = layout
-                self.routed(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                            attention_mask=batch["attention_mask"], use_cache=False, logits_to_keep=1)
+                self.routed(**batch, use_cache=False, logits_to_keep=1)
                 routed_values = probe.collect()
         finally:
             for h in handles:

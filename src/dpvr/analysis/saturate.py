@@ -68,9 +68,9 @@ DEFINITIONS = {
     "cosine_image": "cos(h_l, h_{l+1}) averaged over image positions of a sample",
     "cosine_text": "cos(h_l, h_{l+1}) averaged over text (non-image, non-padding) positions of a sample",
     "kl_image": "KL(softmax(lm_head(norm(h_{l+1}))) || softmax(lm_head(norm(h_N)))) averaged over "
-                "(up to lens_image_positions evenly spaced) image positions",
+                "(up to lens_positions evenly spaced) image positions",
     "kl_text": "the same KL at the answer positions (positions whose next token is an assistant answer "
-               "token), or at the last position when a sample has no answer",
+               "token; up to lens_positions evenly spaced), or at the last position when a sample has no answer",
     "attn_text_to_image": "share of attention that text queries after the first image token put on image keys, "
                           "averaged over heads and queries (exact softmax(QK^T) recomputed from the layer's inputs)",
     "attn_per_head": "the same share per head (mean over samples), shape (N, H)",
@@ -100,8 +100,12 @@ def collate(samples: list[dict], pad_id: int) -> dict:
         if s.get("answer_mask") is not None:
             ans[b, :n] = s["answer_mask"].bool()
     pix = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
-    return {"input_ids": ids, "attention_mask": mask, "answer_mask": ans,
-            "pixel_values": torch.cat(pix) if pix else None}
+    batch = {"input_ids": ids, "attention_mask": mask, "answer_mask": ans,
+             "pixel_values": torch.cat(pix) if pix else None}
+    sizes = [s["image_sizes"] for s in samples if s.get("image_sizes") is not None]
+    if sizes:
+        batch["image_sizes"] = torch.cat(sizes)
+    return batch
 
 
 def _batched(samples: Iterable[dict], batch_size: int, image_id: int, counts: dict) -> Iterator[list[dict]]:
@@ -135,7 +139,7 @@ def analyze_saturation(
     *,
     batch_size: int = 1,
     share: float = 0.9,
-    lens_image_positions: int = 64,
+    lens_positions: int = 64,
     num_fusion_layers: int = 1,
     min_split: int | None = None,
     routed=None,
@@ -152,7 +156,8 @@ def analyze_saturation(
             lazily; samples without image tokens are skipped and counted.
         batch_size: samples per forward pass (right-padded).
         share: the share of a curve's change that marks its transition layer.
-        lens_image_positions: image positions per sample read by the logit lens (0 = all).
+        lens_positions: image positions and answer positions per sample read by the logit lens
+            (each evenly spaced; 0 = all).
         num_fusion_layers, min_split: constraints on the suggested split (see ``transitions``).
         routed: optional routed DPVR model wrapping ``model`` for the mechanism checks.
     """
@@ -180,11 +185,13 @@ def analyze_saturation(
         for chunk in _batched(samples, batch_size, image_id, counts):
             batch = collate(chunk, pad_id)
             layout = make_layout(batch["input_ids"], batch["attention_mask"], image_id,
-                                 batch["answer_mask"], lens_image_positions)
+                                 batch["answer_mask"], lens_positions)
             inputs = {"input_ids": batch["input_ids"].to(device),
                       "attention_mask": batch["attention_mask"].to(device),
                       "pixel_values": None if batch["pixel_values"] is None
                       else batch["pixel_values"].to(device, dtype)}
+            if "image_sizes" in batch:
+                inputs["image_sizes"] = batch["image_sizes"].to(device)
             with LayerProbe(model) as probe:
                 probe.layout = layout
                 if mech is not None:
@@ -214,7 +221,7 @@ def analyze_saturation(
     transitions = detect_transitions({k: statistics[k]["mean"] for k in STATS}, share)
     split, explanation, details = suggest_split(transitions, N, num_fusion_layers, min_split)
     settings = dict(settings or {})
-    settings.update(batch_size=batch_size, share=share, lens_image_positions=lens_image_positions,
+    settings.update(batch_size=batch_size, share=share, lens_positions=lens_positions,
                     num_fusion_layers=num_fusion_layers, min_split=min_split,
                     attn_implementation=getattr(lm.config, "_attn_implementation", None),
                     dtype=str(dtype).replace("torch.", ""), device=str(device))
@@ -355,7 +362,7 @@ def run_analysis(
     seed: int = 0,
     adapter: str | Path | None = None,
     share: float = 0.9,
-    lens_image_positions: int = 64,
+    lens_positions: int = 64,
     num_fusion_layers: int = 1,
     min_split: int | None = None,
     attn_implementation: str = "sdpa",
@@ -387,7 +394,7 @@ def run_analysis(
     settings = {"model": model_name, "data": str(data), "image_folder": str(image_folder),
                 "num_samples": num_samples, "seed": seed, "adapter": None if adapter is None else str(adapter)}
     result = analyze_saturation(
-        base, samples, batch_size=batch_size, share=share, lens_image_positions=lens_image_positions,
+        base, samples, batch_size=batch_size, share=share, lens_positions=lens_positions,
         num_fusion_layers=num_fusion_layers, min_split=min_split, routed=routed, progress=progress,
         total=len(chosen), settings=settings)
     result.samples.update(counts)

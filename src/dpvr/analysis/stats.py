@@ -105,14 +105,14 @@ def make_layout(
     attention_mask: torch.Tensor,
     image_token_id: int,
     answer_mask: torch.Tensor | None = None,
-    lens_image_positions: int = 64,
+    lens_positions: int = 64,
 ) -> BatchLayout:
     """Build the :class:`BatchLayout` of a batch.
 
     ``answer_mask`` (B, L) marks the positions whose *next* token is an answer token (the
     positions a language-model loss is computed at); samples without one use their last real
-    position. ``lens_image_positions`` caps the image positions read by the logit lens per
-    sample (evenly spaced; 0 = all).
+    position. ``lens_positions`` caps the image positions and the answer positions read by the
+    logit lens per sample (each evenly spaced; 0 = all).
     """
     real = attention_mask.bool()
     image = (input_ids == image_token_id) & real
@@ -121,11 +121,9 @@ def make_layout(
     lens_rows, queries, shares = [], [], []
     for b in range(B):
         img_pos = image[b].nonzero().flatten()
-        if lens_image_positions and img_pos.numel() > lens_image_positions:
-            pick = torch.linspace(0, img_pos.numel() - 1, lens_image_positions).round().long()
-            img_pos = img_pos[pick]
+        img_pos = _spread(img_pos, lens_positions)
         ans = answer_mask[b].bool() & text[b] if answer_mask is not None else None
-        txt_pos = ans.nonzero().flatten() if ans is not None and ans.any() else None
+        txt_pos = _spread(ans.nonzero().flatten(), lens_positions) if ans is not None and ans.any() else None
         if txt_pos is None:
             txt_pos = real[b].nonzero().flatten()[-1:]
         lens_rows.append((img_pos, txt_pos))
@@ -154,6 +152,13 @@ def make_layout(
         lens_text[b, ni:ni + nt] = True
     return BatchLayout(image, text, lens_index, lens_image, lens_text, queries,
                        torch.tensor(shares, dtype=torch.float64))
+
+
+def _spread(positions: torch.Tensor, cap: int) -> torch.Tensor:
+    """At most ``cap`` evenly spaced entries of ``positions`` (all of them for ``cap`` 0)."""
+    if not cap or positions.numel() <= cap:
+        return positions
+    return positions[torch.linspace(0, positions.numel() - 1, cap).round().long()]
 
 
 # --------------------------------------------------------------------------- model access
@@ -199,12 +204,13 @@ class LayerProbe:
     """
 
     def __init__(self, model, *, cosine: bool = True, lens: bool = True, attention: bool = True,
-                 layers: list[int] | None = None):
+                 layers: list[int] | None = None, max_scores_elements: int = 2 ** 26):
         self.model = model
         self.lm = language_model(model)
         self.num_layers = len(self.lm.layers)
         self.layers = list(range(self.num_layers)) if layers is None else list(layers)
         self.do_cosine, self.do_lens, self.do_attention = cosine, lens, attention
+        self.max_scores_elements = max_scores_elements
         self.layout: BatchLayout | None = None
         self._handles = []
         self._reset()
@@ -257,7 +263,7 @@ class LayerProbe:
                 return
             mass, per_head = text_to_image_attention(
                 module, hidden, kwargs.get("position_embeddings"), kwargs.get("attention_mask"),
-                lay.queries, lay.image)
+                lay.queries, lay.image, self.max_scores_elements)
             self._values["attn_text_to_image"][idx] = mass
             self._head_values[idx] = per_head
         return hook

@@ -173,6 +173,8 @@ def test_transition_layer_definitions():
     t = transition_layer(attn, "collapse", 0.9)
     assert (t["start_layer"], t["layer"], t["end_layer"]) == (1, 4, 5)  # 0.5 - 0.9 * (0.5 - 0.04) = 0.086
     assert transition_layer([0.1, 0.2, 0.3], "collapse")["layer"] is None  # peak at the end: no collapse
+    assert transition_layer([0.7, 0.72, 0.69, 0.7], "collapse")["layer"] is None  # a wiggle is no collapse
+    assert transition_layer([0.7, 0.72, 0.69, 0.7], "collapse", min_drop=0.01)["layer"] == 2
     assert transition_layer([None, None], "rise")["layer"] is None
     with pytest.raises(ValueError, match="share"):
         transition_layer(rise, "rise", 0.0)

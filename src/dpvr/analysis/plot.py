@@ -78,7 +78,9 @@ def plot_saturation(data: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     if any(v is not None and v > 0 for v in st["kl_image"]["mean"] + st["kl_text"]["mean"]):
-        axes[2].set_yscale("symlog", linthresh=1e-3)
+        positive = [v for v in st["kl_image"]["mean"] + st["kl_text"]["mean"] if v is not None and v > 0]
+        axes[2].set_yscale("symlog", linthresh=min(positive))
+        axes[2].set_ylim(bottom=0)
     model = data.get("settings", {}).get("model", "")
     n = data.get("samples", {}).get("used", "?")
     fig.suptitle(f"Saturation analysis{' of ' + str(model) if model else ''}: {n} samples, {N} layers, "

@@ -139,6 +139,7 @@ def analyze_saturation(
     *,
     batch_size: int = 1,
     share: float = 0.9,
+    collapse_min_drop: float = 0.5,
     lens_positions: int = 64,
     num_fusion_layers: int = 1,
     min_split: int | None = None,
@@ -156,6 +157,7 @@ def analyze_saturation(
             lazily; samples without image tokens are skipped and counted.
         batch_size: samples per forward pass (right-padded).
         share: the share of a curve's change that marks its transition layer.
+        collapse_min_drop: how far below its peak text→image attention must fall to count as collapsed.
         lens_positions: image positions and answer positions per sample read by the logit lens
             (each evenly spaced; 0 = all).
         num_fusion_layers, min_split: constraints on the suggested split (see ``transitions``).
@@ -218,10 +220,10 @@ def analyze_saturation(
     statistics = {k: acc[k].to_dict() for k in STATS}
     statistics["attn_per_head"] = {"mean": acc["attn_per_head"].to_dict()["mean"]}
     statistics["image_key_share"] = key_share.to_dict()
-    transitions = detect_transitions({k: statistics[k]["mean"] for k in STATS}, share)
+    transitions = detect_transitions({k: statistics[k]["mean"] for k in STATS}, share, collapse_min_drop)
     split, explanation, details = suggest_split(transitions, N, num_fusion_layers, min_split)
     settings = dict(settings or {})
-    settings.update(batch_size=batch_size, share=share, lens_positions=lens_positions,
+    settings.update(batch_size=batch_size, share=share, collapse_min_drop=collapse_min_drop, lens_positions=lens_positions,
                     num_fusion_layers=num_fusion_layers, min_split=min_split,
                     attn_implementation=getattr(lm.config, "_attn_implementation", None),
                     dtype=str(dtype).replace("torch.", ""), device=str(device))
@@ -329,10 +331,11 @@ def load_model_and_processor(model_path: str | Path | None, *, dtype: str = "aut
     if model_path is None:
         try:
             from dpvr import embedded
-        except ImportError:
-            raise ValueError("no --model given and the embedded default model is not available in this "
-                             "install: pass --model PATH") from None
-        model_path = embedded.model_dir() if hasattr(embedded, "model_dir") else embedded.path()
+
+            model_path = embedded.checkpoint_path()
+        except (ImportError, AttributeError, FileNotFoundError) as err:
+            raise ValueError(f"no --model given and the embedded default model is not available ({err}): "
+                             "pass --model PATH") from None
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     path = Path(model_path)
@@ -362,6 +365,7 @@ def run_analysis(
     seed: int = 0,
     adapter: str | Path | None = None,
     share: float = 0.9,
+    collapse_min_drop: float = 0.5,
     lens_positions: int = 64,
     num_fusion_layers: int = 1,
     min_split: int | None = None,
@@ -394,7 +398,8 @@ def run_analysis(
     settings = {"model": model_name, "data": str(data), "image_folder": str(image_folder),
                 "num_samples": num_samples, "seed": seed, "adapter": None if adapter is None else str(adapter)}
     result = analyze_saturation(
-        base, samples, batch_size=batch_size, share=share, lens_positions=lens_positions,
+        base, samples, batch_size=batch_size, share=share, collapse_min_drop=collapse_min_drop,
+        lens_positions=lens_positions,
         num_fusion_layers=num_fusion_layers, min_split=min_split, routed=routed, progress=progress,
         total=len(chosen), settings=settings)
     result.samples.update(counts)
@@ -405,10 +410,11 @@ def _default_data(data, image_folder):
     if data is None:
         try:
             from dpvr import embedded
+
             bench = Path(embedded.benchmark_dir())
-        except (ImportError, AttributeError):
-            raise ValueError("no --data given and the embedded default data is not available in this "
-                             "install: pass --data FILE --image-folder DIR") from None
+        except (ImportError, AttributeError, FileNotFoundError) as err:
+            raise ValueError(f"no --data given and the embedded default data is not available ({err}): "
+                             "pass --data FILE --image-folder DIR") from None
         data = bench / "train.json"
         if not data.is_file():
             raise FileNotFoundError(f"embedded data {data} not found: pass --data FILE --image-folder DIR")

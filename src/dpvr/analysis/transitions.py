@@ -6,7 +6,8 @@ A curve's **transition layer** is the first layer at which it has completed ``sh
 - rising curves (adjacent-layer cosine, which approaches 1 as a layer stops changing the
   hidden state): from its value at layer 0 to its maximum;
 - falling curves (logit-lens KL, which reaches 0 at the last layer): from layer 0 to its minimum;
-- text→image attention **collapse**: from its peak to its lowest value after the peak.
+- text→image attention **collapse**: from its peak to its lowest value after the peak, provided
+  that value is at most half the peak (``min_drop``); otherwise the attention has not collapsed.
 
 The split follows the paper's reading of the three views (§3.1): route where text→image
 attention has already collapsed and the image states have saturated, but before the vision
@@ -37,8 +38,12 @@ def _clean(values: Sequence[float | None]) -> list[float]:
     return [math.nan if v is None else float(v) for v in values]
 
 
-def transition_layer(values: Sequence[float | None], kind: str, share: float = 0.9) -> dict:
+def transition_layer(values: Sequence[float | None], kind: str, share: float = 0.9,
+                     min_drop: float = 0.5) -> dict:
     """Where a per-layer curve has completed ``share`` of its change (see module docstring).
+
+    For ``kind="collapse"`` the fall after the peak must be at least ``min_drop`` of the peak
+    value (default: at least halved) to count as a collapse; a curve that only wiggles has none.
 
     Returns a dict with ``layer`` (``None`` if the curve has no finite values), ``from`` (the
     start value and layer), ``to`` (the end value and layer), ``threshold`` and ``kind``.
@@ -67,6 +72,10 @@ def transition_layer(values: Sequence[float | None], kind: str, share: float = 0
         out.update(start_layer=int(start), start=a, end_layer=int(end), end=b,
                    note="the curve does not change in the expected direction")
         return out
+    if kind == "collapse" and a > 0 and (a - b) < min_drop * a:
+        out.update(start_layer=int(start), start=a, end_layer=int(end), end=b,
+                   note=f"it falls only {(a - b) / a:.0%} below its peak; a collapse needs {min_drop:.0%}")
+        return out
     threshold = a + share * (b - a)
     if kind == "rise":
         layer = next(i for i in finite if i >= start and v[i] >= threshold)
@@ -77,9 +86,10 @@ def transition_layer(values: Sequence[float | None], kind: str, share: float = 0
     return out
 
 
-def detect_transitions(means: dict[str, Sequence[float | None]], share: float = 0.9) -> dict[str, dict]:
+def detect_transitions(means: dict[str, Sequence[float | None]], share: float = 0.9,
+                       collapse_min_drop: float = 0.5) -> dict[str, dict]:
     """Transition of every known curve present in ``means`` ({statistic: per-layer means})."""
-    return {key: transition_layer(means[key], kind, share) | {"name": name}
+    return {key: transition_layer(means[key], kind, share, collapse_min_drop) | {"name": name}
             for key, (kind, name) in CURVES.items() if key in means}
 
 

@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--adapter", default=None, help="trained DPVR adapter directory: add the mechanism checks")
     p.add_argument("--share", type=float, default=0.9,
                    help="share of a curve's change that marks its transition layer (default 0.9)")
+    p.add_argument("--collapse-drop", type=float, default=0.5,
+                   help="text→image attention counts as collapsed only if it falls at least this share below "
+                   "its peak (default 0.5)")
     p.add_argument("--lens-positions", type=int, default=64,
                    help="image and answer positions per sample read by the logit lens, each evenly spaced; "
                    "0 = all (default 64)")
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 < args.share <= 1:
         raise UserError(f"--share must be in (0, 1], got {args.share}")
+    if not 0 <= args.collapse_drop < 1:
+        raise UserError(f"--collapse-drop must be in [0, 1), got {args.collapse_drop}")
     if args.lens_positions < 0:
         raise UserError(f"--lens-positions must be >= 0, got {args.lens_positions}")
     from transformers.utils import logging as hf_logging
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         result, paths = run_analysis(
             args.model, args.data, args.image_folder, args.out, num_samples=args.num_samples,
             batch_size=args.batch_size, seed=args.seed, adapter=args.adapter, share=args.share,
+            collapse_min_drop=args.collapse_drop,
             lens_positions=args.lens_positions, num_fusion_layers=args.num_fusion_layers,
             min_split=args.min_split, attn_implementation=args.attn_implementation, dtype=args.dtype,
             device=args.device, plot=not args.no_plot, progress=not args.quiet)

@@ -226,7 +226,7 @@ def analyze_saturation(
     settings.update(batch_size=batch_size, share=share, collapse_min_drop=collapse_min_drop, lens_positions=lens_positions,
                     num_fusion_layers=num_fusion_layers, min_split=min_split,
                     attn_implementation=getattr(lm.config, "_attn_implementation", None),
-                    dtype=str(dtype).replace("torch.", ""), device=str(device))
+                    dtype=str(dtype).replace("torch.", ""), device=str(device), versions=_versions())
     result = SaturationResult(
         num_layers=N, statistics=statistics, transitions=transitions, suggested_split=split,
         explanation=explanation, split_details=details, samples=counts, settings=settings)
@@ -234,6 +234,14 @@ def analyze_saturation(
         result.mechanism = mech.to_dict()
         result.mechanism_summary = mech.summary()
     return result
+
+
+def _versions() -> dict:
+    import transformers
+
+    from dpvr import __version__
+
+    return {"dpvr": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def _make_mechanism(model, routed, N: int, H: int):

@@ -300,7 +300,12 @@ class LayerProbe:
         last = self.num_layers - 1
         if last not in self._lens_hidden:
             raise RuntimeError("the logit lens needs the last decoder layer's output; probe all layers")
-        lens = lambda h: head(lm.norm(h)).float().log_softmax(-1)  # noqa: E731  (B, P, V)
+        norm_dev = next(lm.norm.parameters(), torch.empty(0)).device
+        head_dev = head.weight.device
+
+        def lens(h):  # (B, P, d) -> (B, P, V) log-probabilities; layers may sit on other devices
+            return head(lm.norm(h.to(norm_dev)).to(head_dev)).float().log_softmax(-1)
+
         log_q = lens(self._lens_hidden[last])
         img, txt = lay.lens_image.to(log_q.device), lay.lens_text.to(log_q.device)
         for i, h in self._lens_hidden.items():

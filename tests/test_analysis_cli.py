@@ -192,3 +192,21 @@ def test_suggest_split_follows_the_window_and_stays_in_the_deep_half():
     assert suggest_split(tr(31, 31, 31), 32)[0] == 30  # at least one text-only layer before fusion
     assert suggest_split(tr(31, 31, 31), 32, num_fusion_layers=2)[0] == 29
     assert suggest_split(tr(3, 5, 9), 32, min_split=4)[0] == 5
+
+
+def test_cli_default_model_is_the_embedded_checkpoint(workspace, tmp_path):
+    """Without --model the embedded tiny LLaVA is analysed (here on this file's small data set)."""
+    embedded = pytest.importorskip("dpvr.embedded")
+    try:
+        embedded.checkpoint_path()
+    except FileNotFoundError:
+        pytest.skip("the embedded checkpoint is not built in this checkout")
+    root, *_ = workspace
+    out = tmp_path / "out"
+    rc = main(["analyze", "--data", str(root / "data" / "train.json"), "--num-samples", "3",
+               "--out", str(out), "--quiet", "--no-plot"])
+    assert rc == 0
+    data = json.loads((out / "saturation.json").read_text())
+    assert data["settings"]["model"] == str(embedded.checkpoint_path())
+    n = data["num_layers"]
+    assert n >= 8 and -(-n // 2) <= data["suggested_split"] <= n - 2

@@ -182,6 +182,9 @@ def analyze_saturation(
     counts: dict = {"used": 0}
     mech = _make_mechanism(model, routed, N, H) if routed is not None else None
 
+    modes = [(m, m.training) for m in (model, routed) if m is not None]
+    for m, _ in modes:
+        m.eval()  # no dropout while measuring; restored below
     bar = tqdm(total=total, desc="analyze", unit="sample", disable=not progress)
     try:
         for chunk in _batched(samples, batch_size, image_id, counts):
@@ -213,6 +216,8 @@ def analyze_saturation(
             bar.update(len(chunk))
     finally:
         bar.close()
+        for m, training in modes:
+            m.train(training)
     if counts["used"] == 0:
         raise ValueError("no usable samples: the analysis needs samples with at least one image "
                          f"(image token id {image_id}); counts: {counts}")

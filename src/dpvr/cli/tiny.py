@@ -1,0 +1,43 @@
+"""``dpvr tiny build``: train the tiny LLaVA (the embedded default) from generated data."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("tiny", help="build the tiny offline LLaVA",
+                              description="The tiny LLaVA shipped as dpvr's offline default.")
+    sub = p.add_subparsers(dest="tiny_command", metavar="ACTION")
+    b = sub.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="data -> tokenizer -> CLIP pretraining -> align -> instruct -> eval -> checkpoint")
+    b.add_argument("--out", required=True, help="output folder (checkpoint, build.json, losses, data/)")
+    b.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same weights on one machine")
+    b.add_argument("--quick", action="store_true", help="~1-minute smoke version (tiny data, few steps)")
+    b.add_argument("--data", default=None, help="use this generated dataset instead of generating one")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_build)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _command(args) -> list[str]:
+    cmd = ["dpvr", "tiny", "build", "--out", str(args.out), "--seed", str(args.seed)]
+    cmd += ["--quick"] * args.quick + (["--data", str(args.data)] if args.data else [])
+    return cmd + ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
+
+
+def _build(args) -> int:
+    from dpvr.cli import UserError
+    from dpvr.tiny.build import BuildConfig, build
+    from dpvr.tiny.report import format_results
+
+    cfg = BuildConfig.quick(args.seed) if args.quick else BuildConfig.full(args.seed)
+    try:
+        info = build(args.out, cfg, data_dir=args.data, overwrite=args.overwrite, progress=not args.quiet,
+                     command=_command(args))
+    except FileExistsError as err:
+        raise UserError(str(err)) from None
+    print(format_results(info["results"]))
+    print(f"checkpoint: {args.out} ({info['wall_time_s']:.0f} s)")
+    return 0

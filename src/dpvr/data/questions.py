@@ -1,0 +1,241 @@
+"""Question families asked about the generated images, in LLaVA-1.5's short-answer style.
+
+Each ``ask_<family>(rng, scene)`` returns a :class:`QA` about a given shape scene (or ``None``
+when the scene does not support that question), so that one scene can carry several questions
+in a multi-turn training conversation. ``sample_<family>`` draws a scene suited to the family
+and a question about it; the benchmark uses those to control the answer balance.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from dpvr.data.scenes import COLORS, OBJECTS, SHAPES, Shape, object_name, popular_objects, sample_scene
+
+YESNO = "Answer with yes or no."
+SHORT = "Answer the question using a single word or phrase."
+LETTER = "Answer with the option's letter from the given choices directly."
+
+FAMILIES: tuple[str, ...] = ("pope", "mc", "count", "color", "spatial", "digit")
+POPE_CATEGORIES: tuple[str, ...] = ("random", "popular", "adversarial")
+#: Accuracy of uniform guessing, per family (in %).
+CHANCE: dict[str, float] = {"pope": 50.0, "mc": 25.0, "count": 25.0, "color": 100 / len(COLORS),
+                            "spatial": 50.0, "digit": 10.0}
+MAX_OBJECTS = 4
+LETTERS = "ABCD"
+
+
+@dataclass
+class QA:
+    question: str  # full user text (without the image placeholder)
+    answer: str
+    family: str
+    category: str
+    options: list[str] | None = field(default=None)
+
+
+def _a(phrase: str) -> str:
+    """``phrase`` with its indefinite article."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _yes_no(flag: bool) -> str:
+    return "Yes" if flag else "No"
+
+
+# --------------------------------------------------------------------------- POPE
+
+def _absent(scene: list[Shape]) -> list[tuple[str, str]]:
+    present = {s.obj for s in scene}
+    return [o for o in OBJECTS if o not in present]
+
+
+def pope_negative(rng: random.Random, scene: list[Shape], category: str) -> tuple[str, str]:
+    """An object absent from ``scene``, sampled the way POPE's ``category`` samples negatives.
+
+    random: uniform over absent objects; popular: among the 3 most frequent absent objects;
+    adversarial: one attribute (colour or shape) away from a present object.
+    """
+    absent = _absent(scene)
+    if category == "random":
+        return rng.choice(absent)
+    if category == "popular":
+        ranked = [o for o in popular_objects() if o in absent]
+        return rng.choice(ranked[:3])
+    if category == "adversarial":
+        near = sorted({o for s in scene for o in absent if (o[0] == s.color) != (o[1] == s.shape)},
+                      key=OBJECTS.index)
+        return rng.choice(near)
+    raise ValueError(f"unknown POPE category {category!r}; expected one of {POPE_CATEGORIES}")
+
+
+def ask_pope(rng: random.Random, scene: list[Shape], category: str | None = None,
+             answer: bool | None = None) -> QA:
+    category = category or rng.choice(POPE_CATEGORIES)
+    answer = rng.random() < 0.5 if answer is None else answer
+    obj = rng.choice(scene).obj if answer else pope_negative(rng, scene, category)
+    q = f"Is there {_a(object_name(obj))} in the image?\n{YESNO}"
+    return QA(q, _yes_no(answer), "pope", category)
+
+
+def sample_pope(rng: random.Random, category: str, answer: bool) -> tuple[list[Shape], QA]:
+    scene = sample_scene(rng, rng.randint(1, MAX_OBJECTS))
+    return scene, ask_pope(rng, scene, category, answer)
+
+
+# --------------------------------------------------------------------------- count
+
+def ask_count(rng: random.Random, scene: list[Shape]) -> QA:
+    q = f"How many objects are there in the image?\n{SHORT}"
+    return QA(q, str(len(scene)), "count", "objects")
+
+
+def sample_count(rng: random.Random, n: int) -> tuple[list[Shape], QA]:
+    scene = sample_scene(rng, n)
+    return scene, ask_count(rng, scene)
+
+
+# --------------------------------------------------------------------------- colour
+
+def _unique_shapes(scene: list[Shape]) -> list[Shape]:
+    return [s for s in scene if sum(o.shape == s.shape for o in scene) == 1]
+
+
+def _unique_colors(scene: list[Shape]) -> list[Shape]:
+    return [s for s in scene if sum(o.color == s.color for o in scene) == 1]
+
+
+def ask_color(rng: random.Random, scene: list[Shape]) -> QA | None:
+    cands = _unique_shapes(scene)
+    if not cands:
+        return None
+    s = rng.choice(cands)
+    return QA(f"What color is the {s.shape}?\n{SHORT}", s.color, "color", s.shape)
+
+
+def sample_color(rng: random.Random) -> tuple[list[Shape], QA]:
+    while True:
+        scene = sample_scene(rng, rng.randint(1, MAX_OBJECTS))
+        qa = ask_color(rng, scene)
+        if qa is not None:
+            return scene, qa
+
+
+# --------------------------------------------------------------------------- spatial
+
+SPATIAL_RELATIONS = {"left of": ("horizontal", -1), "right of": ("horizontal", 1),
+                     "above": ("vertical", -1), "below": ("vertical", 1)}
+MIN_GAP = 16  # pixels between centres along the asked axis
+
+
+def _relation_holds(a: Shape, b: Shape, relation: str) -> bool | None:
+    axis, sign = SPATIAL_RELATIONS[relation]
+    d = (a.cx - b.cx) if axis == "horizontal" else (a.cy - b.cy)
+    if abs(d) < MIN_GAP:
+        return None
+    return (d * sign) > 0
+
+
+def ask_spatial(rng: random.Random, scene: list[Shape], answer: bool | None = None) -> QA | None:
+    if len(scene) < 2:
+        return None
+    answer = rng.random() < 0.5 if answer is None else answer
+    pairs = [(a, b, r) for a in scene for b in scene if a is not b for r in SPATIAL_RELATIONS
+             if _relation_holds(a, b, r) is answer]
+    if not pairs:
+        return None
+    a, b, rel = rng.choice(pairs)
+    word = {"left of": "to the left of", "right of": "to the right of"}.get(rel, rel)
+    q = f"Is the {object_name(a.obj)} {word} the {object_name(b.obj)}?\n{YESNO}"
+    return QA(q, _yes_no(answer), "spatial", SPATIAL_RELATIONS[rel][0])
+
+
+def sample_spatial(rng: random.Random, answer: bool) -> tuple[list[Shape], QA]:
+    while True:
+        scene = sample_scene(rng, 2)
+        qa = ask_spatial(rng, scene, answer)
+        if qa is not None:
+            return scene, qa
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+def _options_block(options: list[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def ask_mc(rng: random.Random, scene: list[Shape], kind: str | None = None) -> QA | None:
+    kind = kind or rng.choice(("shape", "color"))
+    if kind == "shape":
+        cands = _unique_colors(scene)
+        if not cands:
+            return None
+        s = rng.choice(cands)
+        options = rng.sample(SHAPES, len(SHAPES))
+        correct, stem = s.shape, f"What shape is the {s.color} object?"
+    else:
+        cands = _unique_shapes(scene)
+        if not cands:
+            return None
+        s = rng.choice(cands)
+        others = rng.sample([c for c in COLORS if c != s.color], 3)
+        options = rng.sample([s.color] + others, 4)
+        correct, stem = s.color, f"What color is the {s.shape}?"
+    q = f"{stem}\n{_options_block(options)}\n{LETTER}"
+    return QA(q, LETTERS[options.index(correct)], "mc", kind, options)
+
+
+def sample_mc(rng: random.Random, kind: str) -> tuple[list[Shape], QA]:
+    while True:
+        scene = sample_scene(rng, rng.randint(1, MAX_OBJECTS))
+        qa = ask_mc(rng, scene, kind)
+        if qa is not None:
+            return scene, qa
+
+
+# --------------------------------------------------------------------------- digits
+
+def ask_digit(label: int) -> QA:
+    return QA(f"What digit is written in the image?\n{SHORT}", str(label), "digit", str(label))
+
+
+def ask_digit_color(color: str) -> QA:
+    return QA(f"What color is the digit?\n{SHORT}", color, "digit_color", color)
+
+
+# --------------------------------------------------------------------------- captions, text-only
+
+CAPTION_PROMPTS = ("Describe the image briefly.", "What is in the image?",
+                   "Give a short description of the image.", "List the objects in the image.")
+
+
+def caption_scene(scene: list[Shape]) -> str:
+    """All objects, left to right, each with colour, shape and coarse position."""
+    from dpvr.data.scenes import position_words
+
+    parts = []
+    for s in sorted(scene, key=lambda s: (s.cx, s.cy)):
+        where = position_words(s)
+        parts.append(f"{_a(object_name(s.obj))} {'in the' if where == 'center' else 'at the'} {where}")
+    n = len(parts)
+    text = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    word = ["one object", "two objects", "three objects", "four objects"][n - 1]
+    return f"{word}: {text}."
+
+
+def caption_digit(label: int, color: str) -> str:
+    return f"{_a(color)} handwritten digit {label}."
+
+
+def text_only(rng: random.Random) -> QA:
+    kind = rng.randrange(3)
+    if kind == 0:
+        shape = rng.choice(("square", "triangle"))
+        return QA(f"How many corners does a {shape} have?\n{SHORT}", {"square": "4", "triangle": "3"}[shape],
+                  "text", "corners")
+    if kind == 1:
+        word = rng.choice(list(COLORS) + list(SHAPES))
+        return QA(f"Is {word} a color?\n{YESNO}", _yes_no(word in COLORS), "text", "is_color")
+    a, b = rng.randint(1, 4), rng.randint(0, 4)
+    return QA(f"What is {a} plus {b}?\n{SHORT}", str(a + b), "text", "sum")

@@ -1,0 +1,87 @@
+"""The build's steps as small functions (called in order by :func:`dpvr.tiny.build.build`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
+
+from dpvr.tiny.clip_stage import pretrain_clip, tokenize_captions
+from dpvr.tiny.common import load_pixels
+from dpvr.tiny.lm_stage import build_examples, cache_features, train_lm
+from dpvr.tiny.model import build_clip, build_llava
+from dpvr.tiny.tokenizer import make_processor, train_tokenizer, training_texts
+
+
+def make_tokenizer_and_processor(records: list[dict], captions: list[dict], arch) -> LlavaProcessor:
+    tok = train_tokenizer(training_texts(records, [c["caption"] for c in captions]))
+    return make_processor(tok, arch.image_size, arch.patch_size)
+
+
+def load_all_pixels(data_dir: Path, captions: list[dict]) -> tuple[torch.Tensor, dict[str, int]]:
+    """Pixels of every training image (captions.jsonl lists them all, twins included)."""
+    rels = [c["image"] for c in captions]
+    return load_pixels(data_dir, rels), {r: i for i, r in enumerate(rels)}
+
+
+def caption_groups(captions: list[dict]) -> list[list[int]]:
+    """Indices grouped so that an image and its twin share a CLIP batch."""
+    groups: list[list[int]] = []
+    where: dict[str, int] = {}
+    for i, c in enumerate(captions):
+        if "twin_of" in c and c["twin_of"] in where:
+            groups[where[c["twin_of"]]].append(i)
+        else:
+            where[c["image"]] = len(groups)
+            groups.append([i])
+    return groups
+
+
+def run_clip(cfg, tokenizer, pixels, captions, log_path, progress):
+    clip = build_clip(cfg.arch, len(tokenizer), cfg.seed)
+    ids, mask = tokenize_captions(tokenizer, [c["caption"] for c in captions])
+    s = cfg.clip
+    rows = pretrain_clip(clip, pixels, ids, mask, caption_groups(captions), steps=s.steps, batch_size=s.batch,
+                         lr=s.lr, seed=cfg.seed, warmup=s.warmup, weight_decay=s.weight_decay,
+                         log_path=log_path, progress=progress)
+    return clip, rows
+
+
+def new_llava(cfg, vocab_size: int, clip=None) -> LlavaForConditionalGeneration:
+    model = build_llava(cfg.arch, vocab_size, cfg.seed + 1)
+    if clip is not None:
+        model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    return model
+
+
+def cache(model, pixels, progress) -> torch.Tensor:
+    return cache_features(model.model.vision_tower, pixels, model.config.vision_feature_layer, progress=progress)
+
+
+def run_lm(model, features, records, row, tokenizer, cfg, stage: str, log_path, progress, eval_fn=None,
+           eval_every: int = 0):
+    s = getattr(cfg, stage)
+    examples = build_examples(records, tokenizer, cfg.arch.num_image_tokens, row)
+    return train_lm(model, features, examples, stage=stage, steps=s.steps, batch_tokens=s.batch, lr=s.lr,
+                    seed=cfg.seed, warmup=s.warmup, weight_decay=s.weight_decay, log_path=log_path,
+                    progress=progress, pad_id=tokenizer.pad_token_id, eval_fn=eval_fn, eval_every=eval_every)
+
+
+def reload(path: str | os.PathLike):
+    """The saved checkpoint through the stock loaders (what users get)."""
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def evaluate_both(model, processor, data_dir, limit, progress) -> dict:
+    """Accuracy per family with the image and with a blank image ("blind")."""
+    from dpvr.tiny.evaluate import evaluate
+
+    with_image = evaluate(model, processor, data_dir, limit=limit, progress=progress)
+    blind = evaluate(model, processor, data_dir, limit=limit, blind=True, progress=progress)
+    return {fam: {**with_image[fam], "blind": blind[fam]["accuracy"],
+                  "blind_yes_ratio": blind[fam].get("yes_ratio"),
+                  "above_blind": round(with_image[fam]["accuracy"] - blind[fam]["accuracy"], 2)}
+            for fam in with_image}

@@ -1,0 +1,143 @@
+"""The data generator: determinism, disjoint train/test, POPE balance, record format, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from dpvr.data import FAMILIES, POPE_CATEGORIES, generate_dataset, load_benchmark, verify_dataset
+from dpvr.data.llava_format import IGNORE_INDEX, record_to_messages, tokenize_conversation
+
+N_TRAIN, N_TEST = 80, 24
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "d"
+    manifest = generate_dataset(root, seed=3, num_train=N_TRAIN, num_test_per_family=N_TEST, progress=False)
+    return root, manifest
+
+
+def test_same_seed_gives_identical_files(data, tmp_path):
+    root, manifest = data
+    again = generate_dataset(tmp_path / "again", seed=3, num_train=N_TRAIN, num_test_per_family=N_TEST,
+                             progress=False)
+    assert again["files"] == manifest["files"]
+    assert (tmp_path / "again" / "manifest.json").read_bytes() == (root / "manifest.json").read_bytes()
+
+
+def test_different_seed_differs(data, tmp_path):
+    _, manifest = data
+    other = generate_dataset(tmp_path / "other", seed=4, num_train=N_TRAIN, num_test_per_family=N_TEST,
+                             progress=False)
+    assert other["files"]["train.json"] != manifest["files"]["train.json"]
+    assert other["files"]["pope.jsonl"] != manifest["files"]["pope.jsonl"]
+
+
+def test_manifest_hashes_every_file(data):
+    root, manifest = data
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    verify_dataset(root)
+    assert manifest["seed"] == 3 and manifest["generator_version"]
+
+
+def test_test_images_unseen_in_training(data):
+    root, manifest = data
+    train = {h for rel, h in manifest["files"].items() if rel.startswith("images/train/")}
+    test = {h for rel, h in manifest["files"].items() if rel.startswith("images/test/")}
+    assert train and test and not train & test
+    # content hash really is the file's hash
+    rel = next(r for r in manifest["files"] if r.startswith("images/test/"))
+    assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == manifest["files"][rel]
+
+
+def test_benchmark_records_have_the_fields(data):
+    root, _ = data
+    for fam in FAMILIES:
+        recs = load_benchmark(root, fam)
+        assert len(recs) == N_TEST
+        for r in recs:
+            assert {"id", "image", "question", "answer", "family", "category"} <= set(r)
+            assert r["family"] == fam and (root / r["image"]).exists()
+            assert "<image>" not in r["question"]
+            if fam == "mc":
+                assert len(r["options"]) == 4 and r["answer"] in "ABCD"
+                assert r["question"].endswith("Answer with the option's letter from the given choices directly.")
+            elif fam in ("pope", "spatial"):
+                assert r["answer"] in ("Yes", "No") and r["question"].endswith("Answer with yes or no.")
+            else:
+                assert r["question"].endswith("Answer the question using a single word or phrase.")
+
+
+def test_pope_balanced_per_category(data):
+    root, _ = data
+    recs = load_benchmark(root, "pope")
+    per = Counter((r["category"], r["answer"]) for r in recs)
+    for cat in POPE_CATEGORIES:
+        assert per[(cat, "Yes")] == per[(cat, "No")] == N_TEST // 6
+
+
+def test_train_json_llava_format_with_multi_turn_captions_and_text_only(data):
+    root, manifest = data
+    recs = json.loads((root / "train.json").read_text())
+    assert len(recs) == N_TRAIN
+    for r in recs:
+        conv = r["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+        if "image" in r:
+            assert conv[0]["value"].startswith("<image>\n") and (root / r["image"]).exists()
+            assert all("<image>" not in t["value"] for t in conv[1:])
+    kinds = manifest["counts"]["train"]
+    assert kinds.get("multi_turn", 0) > 0 and kinds.get("caption", 0) > 0 and kinds.get("text", 0) > 0
+    assert any(len(r["conversations"]) >= 6 for r in recs)
+    assert any("image" not in r for r in recs)
+    caps = [json.loads(x) for x in (root / "captions.jsonl").read_text().splitlines()]
+    assert {c["image"] for c in caps if "twin_of" not in c} == {r["image"] for r in recs if "image" in r}
+    assert any("twin_of" in c for c in caps)
+
+
+def test_refuses_non_empty_out_and_bad_config(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep")
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_dataset(tmp_path / "x", num_train=5, num_test_per_family=6, progress=False)
+    assert (tmp_path / "x" / "f").read_text() == "keep"
+    with pytest.raises(ValueError, match="num_test_per_family"):
+        generate_dataset(tmp_path / "y", num_train=5, num_test_per_family=2, progress=False)
+    assert not (tmp_path / "y").exists()
+
+
+def test_cli_generate(tmp_path, capsys):
+    from dpvr.cli import main
+
+    assert main(["data", "generate", "--out", str(tmp_path / "c"), "--seed", "1", "--num-train", "10",
+                 "--num-test-per-family", "6", "--quiet"]) == 0
+    assert (tmp_path / "c" / "manifest.json").exists()
+    assert main(["data", "generate", "--out", str(tmp_path / "c"), "--num-train", "10", "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+
+def test_tokenize_conversation_labels_only_answers(data):
+    from dpvr.tiny.tokenizer import train_tokenizer, training_texts
+
+    root, _ = data
+    recs = json.loads((root / "train.json").read_text())
+    tok = train_tokenizer(training_texts(recs))
+    rec = next(r for r in recs if "image" in r and len(r["conversations"]) >= 4)
+    ex = tokenize_conversation(rec, tok, num_image_tokens=64)
+    ids, labels = ex["input_ids"], ex["labels"]
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert ids.count(image_id) == 64 and len(ids) == len(labels)
+    assert all(lab == IGNORE_INDEX for i, lab in zip(ids, labels) if i == image_id)
+    supervised = tok.decode([t for t in labels if t != IGNORE_INDEX])
+    answers = [t["value"] for t in rec["conversations"][1::2]]
+    assert supervised.replace(" ", "") == "".join(a + "</s>" for a in answers).replace(" ", "")
+    assert labels.count(tok.eos_token_id) == len(answers)
+    assert record_to_messages(rec)[0]["content"][0] == {"type": "image"}
+    with pytest.raises(ValueError, match="unknown speaker"):
+        record_to_messages({"id": "x", "conversations": [{"from": "bot", "value": "hi"}]})

@@ -40,7 +40,7 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
         self.plan = dpvr_config.resolve(self.backbone.num_layers)
         self.generation_config = base.generation_config
         self.side_branch = None
-        if self.plan.routed:
+        if self.plan.side_depth > 0:
             self.side_branch = SideBranch.from_backbone(
                 self.backbone.layers, self.plan.split, self.plan.side_depth, dpvr_config.side_init,
                 init_fn=getattr(base, "_init_weights", None),
@@ -74,8 +74,13 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
+        prompt_len: int | None = None,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
+        """HF-style forward. ``prompt_len`` (FastV only): where the prompt ends in ``input_ids``; FastV
+        ranks image tokens by the attention of the prompt's last token, so a no-cache recompute over
+        prompt + generated tokens keeps the same tokens as the cached prefill did (``generate`` passes
+        it). Default: the whole input is the prompt."""
         if "past_key_values" in kwargs:  # older callers
             cache = kwargs.pop("past_key_values")
         if not self.plan.routed:
@@ -103,7 +108,7 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
         embeds = self._embed(input_ids, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes)
         hidden = routed_decoder_forward(
             self.backbone, self.plan, self.side_branch, input_ids, embeds, attention_mask, position_ids,
-            cache, use_cache,
+            cache, use_cache, prompt_len=prompt_len,
         )  # (B, q, d)
         hidden = self.backbone.norm(slice_logits_to_keep(hidden, logits_to_keep))
         logits = self.backbone.lm_head(hidden)
@@ -138,6 +143,12 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
         use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
         if self.plan.routed and use_cache is not False and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
             kwargs["cache"] = DPVRCache(config=self.text_config)
+        if self.plan.prune_layer is not None and use_cache is False and kwargs.get("prompt_len") is None:
+            # Without a cache every step re-reads prompt + generated tokens: FastV must rank by the
+            # prompt's last token, as the cached prefill does, not by the newest generated one.
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            if input_ids is not None:
+                kwargs["prompt_len"] = input_ids.shape[1]
         return super().generate(*args, **kwargs)
 
     # ------------------------------------------------------------------ parameters

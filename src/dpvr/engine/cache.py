@@ -1,9 +1,11 @@
 """The per-layer KV cache of a routed model, and the routing state that decode needs beside it.
 
 Shallow, ``fuse`` and ``kv`` layers cache every position of the prompt; ``text`` layers cache only
-the text view (no image positions). `DPVRCache` is a stock `DynamicCache` (each layer already
-holds its own length) that also carries `RoutingState`: which text-view slots are real keys and
-how long the prompt was. Beam search reorders both together.
+the text view (no image positions). After FastV pruning (layer k on), layers cache only the kept
+view (text and kept image positions), and ``text`` layers the text positions of it.
+`DPVRCache` is a stock `DynamicCache` (each layer already holds its own length) that also
+carries `RoutingState`: which text-view (and kept-view) slots are real keys and how long the
+prompt was. Beam search reorders both together.
 """
 
 from __future__ import annotations
@@ -17,11 +19,32 @@ from transformers import DynamicCache
 
 @dataclass
 class RoutingState:
-    text_key_valid: torch.Tensor  # (B, Lt) bool: text-view slots of the prompt that are real, unpadded keys
+    text_key_valid: torch.Tensor | None  # (B, Lt) bool: text-view slots of the prompt that are real, unpadded keys
     prompt_len: int  # L, full-view length of the prompt
+    kept_key_valid: torch.Tensor | None = None  # (B, Lk) bool: kept-view slots that are real, unpadded keys (FastV)
+    kept_positions: torch.Tensor | None = None  # (B, Lk) full-view position of each kept-view slot (FastV)
+
+    def _map(self, fn) -> "RoutingState":
+        def f(t):
+            return None if t is None else fn(t)
+
+        return RoutingState(f(self.text_key_valid), self.prompt_len, f(self.kept_key_valid), f(self.kept_positions))
 
     def select(self, idx: torch.Tensor) -> "RoutingState":
-        return RoutingState(self.text_key_valid.index_select(0, idx.to(self.text_key_valid.device)), self.prompt_len)
+        return self._map(lambda t: t.index_select(0, idx.to(t.device)))
+
+    def repeat_interleave(self, repeats: int) -> "RoutingState":
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def kept_image_positions(self, image_mask: torch.Tensor) -> list[list[int]]:
+        """Per sample, the full-view image positions FastV kept (sorted); ``image_mask`` (B, L) marks the image tokens."""
+        if self.kept_positions is None:
+            raise ValueError("this prompt was not pruned (no FastV in its config)")
+        kept = []
+        for b in range(self.kept_positions.shape[0]):
+            pos = self.kept_positions[b][self.kept_key_valid[b]]
+            kept.append(sorted(int(p) for p in pos if bool(image_mask[b, p])))
+        return kept
 
 
 class DPVRCache(DynamicCache):
@@ -39,8 +62,7 @@ class DPVRCache(DynamicCache):
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         if self.routing is not None:
-            valid = self.routing.text_key_valid.repeat_interleave(repeats, dim=0)
-            self.routing = RoutingState(valid, self.routing.prompt_len)
+            self.routing = self.routing.repeat_interleave(repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)

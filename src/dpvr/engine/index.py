@@ -9,6 +9,10 @@ and any padding side. The engine works on two *views* of the sequence:
 
 `RoutingIndex` holds the gather indices between them. Invalid slots point at a real position
 of the same sample (never used as keys: masked out), so no row of an attention mask is empty.
+
+The same split serves pruning (FastV): built from ``is_image = ~keep``, the "text view" is what a
+sample keeps (text and kept image positions, in order) and the "image view" what it drops. Built
+over such a kept view with ``valid`` (its real slots), invalid slots join neither view.
 """
 
 from __future__ import annotations
@@ -37,15 +41,27 @@ class RoutingIndex:
 
     @classmethod
     def from_input_ids(cls, input_ids: torch.Tensor, image_token_id: int) -> "RoutingIndex":
-        is_image = input_ids == image_token_id  # (B, L)
+        return cls.from_mask(input_ids == image_token_id)
+
+    @classmethod
+    def from_mask(cls, is_image: torch.Tensor, valid: torch.Tensor | None = None) -> "RoutingIndex":
+        """Views of a (B, L) sequence whose image positions are ``is_image``.
+
+        ``valid`` (B, L) bool marks the real positions; the others (padding slots of a pruned view)
+        go into neither view, and ``merge_idx`` fills them from text slot 0 (their output is unused).
+        """
         bsz, length = is_image.shape
-        device = input_ids.device
+        device = is_image.device
+        if valid is not None:
+            is_image = is_image & valid
+        # category: 0 text, 1 image, 2 invalid
+        category = is_image.to(torch.int8) if valid is None else torch.where(valid, is_image.to(torch.int8), 2)
         n_image = is_image.sum(1)  # (B,)
-        n_text = length - n_image
+        n_text = (category == 0).sum(1)
         if bool((n_text == 0).any()):
             raise ValueError("a sample consists of image tokens only; DPVR needs at least one text position per sample")
         # A stable sort puts the text positions first (in order), then the image positions (in order).
-        order = torch.argsort(is_image.to(torch.int8), dim=1, stable=True)  # (B, L)
+        order = torch.argsort(category, dim=1, stable=True)  # (B, L)
         max_text, max_image = int(n_text.max()), int(n_image.max())
         slots_t = torch.arange(max_text, device=device)
         text_valid = slots_t[None, :] < n_text[:, None]

@@ -11,14 +11,24 @@ prefix that ends with the last image token; each deep layer then runs in its mod
             output by this layer's input norm and k/v projections (merged in at ``cache.update``);
 - ``fuse``: image positions set to the side output, the full layer over the full view.
 
+FastV pruning (plans with ``prune_layer`` k, SPEC §6) comes before all that: layers ``0..k-1``
+run on every position; layer ``k-1``'s attention from each sample's last prompt query ranks the
+image tokens (recomputed from the q/k projections of that layer's input, so any attention
+implementation works); the top ``keep_ratio`` share of each sample's image tokens stays, with every
+text position, in a *kept view* (B, Lk) that the rest of the pass treats as its full view: layers
+``k..s-1`` run on it, the side branch sees only kept image tokens, ``text`` layers drop the kept
+image tokens too. Dropped positions leave the output as they were after layer ``k-1``.
+
 Decode (non-empty cache): every new token is text, so hidden states keep their shape; only the
-masks differ per layer, because ``text`` layers hold a shorter cache (no image positions).
+masks differ per layer, because ``text`` layers hold a shorter cache (no image positions), and
+layers after the pruning hold only the kept view.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -42,6 +52,7 @@ def routed_decoder_forward(
     position_ids: torch.Tensor | None,  # (B|1, q)
     cache: DPVRCache | None,
     use_cache: bool,
+    prompt_len: int | None = None,  # where the prompt ends in input_ids (FastV ranks by its last token)
 ) -> torch.Tensor:  # (B, q, d) last hidden states, before the final norm
     past = cache.get_seq_length() if cache is not None else 0
     q_len = inputs_embeds.shape[1]
@@ -56,7 +67,7 @@ def routed_decoder_forward(
         position_ids=position_ids,
         layer_idx=0,
     )
-    args = _LayerArgs(backbone, plan, cache, use_cache)
+    args = _LayerArgs(backbone, plan, cache, use_cache, prompt_len)
     if past == 0:
         return _prefill(args, side, input_ids, inputs_embeds, attention_mask, position_ids, position_embeddings, full_mask)
     return _decode(args, input_ids, inputs_embeds, attention_mask, position_ids, position_embeddings, full_mask)
@@ -65,8 +76,9 @@ def routed_decoder_forward(
 class _LayerArgs:
     """What every layer call shares in one forward pass."""
 
-    def __init__(self, backbone: Backbone, plan: ResolvedPlan, cache, use_cache: bool):
+    def __init__(self, backbone: Backbone, plan: ResolvedPlan, cache, use_cache: bool, prompt_len: int | None = None):
         self.backbone, self.plan, self.cache, self.use_cache = backbone, plan, cache, use_cache
+        self.prompt_len = prompt_len
         text_layers = plan.layers_with_mode("text")
         self.first_text_layer = text_layers[0] if text_layers else None
 
@@ -81,36 +93,84 @@ class _LayerArgs:
         )
 
 
+@dataclass
+class _View:
+    """The sequence a run of layers works on: the full prompt, or what FastV kept of it (B, Lv)."""
+
+    hidden: torch.Tensor  # (B, Lv, d)
+    is_image: torch.Tensor  # (B, Lv) bool
+    valid: torch.Tensor | None  # (B, Lv) bool: real slots (None: all are)
+    attention_mask: torch.Tensor | None  # (B, Lv) 2D padding mask (None: no padding)
+    position_ids: torch.Tensor  # (B|1, Lv) original positions
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B|1, Lv, head_dim)
+    mask: object  # causal mask of a layer over every slot of this view
+    mask_position_ids: torch.Tensor | None  # positions for the mask helpers; None where positions have holes
+
+
 def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, position_ids, position_embeddings, full_mask):
+    plan = args.plan
+    is_image = input_ids == args.backbone.image_token_id  # (B, L)
+    view = _View(hidden, is_image, None, attention_mask, position_ids, position_embeddings, full_mask, position_ids)
+    first, prune, dropped = 0, None, None
+    if plan.prune_layer is not None:
+        # --- FastV: full layers up to k-1, rank the image tokens by layer k-1's attention, keep the top R %
+        k = plan.prune_layer
+        for layer_idx in range(k - 1):
+            view.hidden = args.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+        if plan.keep_ratio > 0 and bool(is_image.any()):
+            view.hidden, scores = _run_and_score(args, k - 1, view)  # scores (B, L)
+            keep = _fastv_keep(scores, is_image, plan.keep_ratio)
+        else:  # nothing to rank: every image token goes
+            view.hidden = args.run(k - 1, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+            keep = ~is_image
+        prune = RoutingIndex.from_mask(~keep)  # "text view" = kept positions, "image view" = dropped ones
+        dropped = gather_positions(view.hidden, prune.image_idx)  # (B, Ld, d): left as they were at the drop
+        view = _kept_view(args, view, prune, k)
+        first = k
+    for layer_idx in range(first, plan.split):
+        view.hidden = args.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+    out = _deep(args, side, view, prune, prompt_len=input_ids.shape[1])  # (B, Lv, d)
+    return out if prune is None else merge_views(out, dropped, prune)  # (B, L, d)
+
+
+def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int) -> torch.Tensor:
+    """Side branch and deep layers over ``view``; returns the view's hidden states (B, Lv, d)."""
     backbone, plan = args.backbone, args.plan
-    index = RoutingIndex.from_input_ids(input_ids, backbone.image_token_id)
-    for layer_idx in range(plan.split):
-        hidden = args.run(layer_idx, hidden, full_mask, position_ids, position_embeddings)  # (B, L, d)
+    hidden = view.hidden
+    state = RoutingState(text_key_valid=None, prompt_len=prompt_len)
+    if prune is not None:
+        state.kept_key_valid = view.attention_mask if view.attention_mask is not None else prune.text_valid
+        state.kept_positions = prune.text_idx
+    if not plan.deep_layers:  # FastV alone: nothing routed after the pruning
+        if isinstance(args.cache, DPVRCache):
+            args.cache.routing = state
+        return hidden
+    index = RoutingIndex.from_mask(view.is_image, view.valid)
 
     # --- split: side branch over the prefix that ends with the last image token
-    if index.has_images:
+    if index.has_images and side is not None:
         p = index.prefix_len
         side_mask = create_causal_mask(
             config=backbone.text_config,
             inputs_embeds=hidden[:, :p],
-            attention_mask=attention_mask[:, :p] if attention_mask is not None else None,
+            attention_mask=view.attention_mask[:, :p] if view.attention_mask is not None else None,
             cache=None,
-            position_ids=position_ids[..., :p],
+            position_ids=view.mask_position_ids[..., :p] if view.mask_position_ids is not None else None,
         )
-        cos, sin = position_embeddings
-        side_out = side(hidden[:, :p], side_mask, position_ids[..., :p], (cos[:, :p], sin[:, :p]))  # (B, P, d)
+        cos, sin = view.position_embeddings
+        side_out = side(hidden[:, :p], side_mask, view.position_ids[..., :p], (cos[:, :p], sin[:, :p]))  # (B, P, d)
         side_image = gather_positions(side_out, index.image_idx)  # (B, Li, d)
-    else:
-        side_image = hidden[:, :0]  # (B, 0, d)
+    else:  # no image, or no side branch (VTW): image states stay as they are at the split
+        side_image = gather_positions(hidden, index.image_idx)  # (B, Li, d)
     image_hidden = side_image  # image states as the deep stack leaves them
     text_hidden = gather_positions(hidden, index.text_idx)  # (B, Lt, d)
 
     # --- text view: RoPE at the original positions, causal in original order, own padding mask
-    text_position_ids = gather_positions(position_ids, index.text_idx)  # (B, Lt)
-    text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in position_embeddings)
+    text_position_ids = gather_positions(view.position_ids, index.text_idx)  # (B, Lt)
+    text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
     text_key_valid = index.text_valid
-    if attention_mask is not None:
-        text_key_valid = text_key_valid & gather_positions(attention_mask.bool(), index.text_idx)
+    if view.attention_mask is not None:
+        text_key_valid = text_key_valid & gather_positions(view.attention_mask.bool(), index.text_idx)
     text_mask = None
     if args.first_text_layer is not None:
         text_mask = create_causal_mask(
@@ -123,27 +183,28 @@ def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, position
         )
     kv_mask = None
     if "kv" in plan.modes:
-        kv_mask = _text_query_full_key_mask(index, attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config)
+        kv_mask = _text_query_full_key_mask(index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config)
     if isinstance(args.cache, DPVRCache):
-        args.cache.routing = RoutingState(text_key_valid=text_key_valid, prompt_len=hidden.shape[1])
+        state.text_key_valid = text_key_valid
+        args.cache.routing = state
 
     for layer_idx in plan.deep_layers:
         mode = plan.modes[layer_idx]
         if mode == "text":
             text_hidden = args.run(layer_idx, text_hidden, text_mask, text_position_ids, text_position_embeddings)
         elif mode == "fuse":
-            full = merge_views(text_hidden, side_image, index)  # (B, L, d), image positions = side output
-            full = args.run(layer_idx, full, full_mask, position_ids, position_embeddings)
+            full = merge_views(text_hidden, side_image, index)  # (B, Lv, d), image positions = side output
+            full = args.run(layer_idx, full, view.mask, view.position_ids, view.position_embeddings)
             text_hidden = gather_positions(full, index.text_idx)
             image_hidden = gather_positions(full, index.image_idx)
         elif mode == "kv":
             text_hidden = _run_kv_layer(
                 args, layer_idx, text_hidden, side_image, index, kv_mask, text_position_ids,
-                text_position_embeddings, position_embeddings,
+                text_position_embeddings, view.position_embeddings,
             )
         else:  # pragma: no cover - plans only hold the modes above in the deep stack
             raise AssertionError(f"unexpected mode {mode!r} in the deep stack")
-    return merge_views(text_hidden, image_hidden, index)  # (B, L, d)
+    return merge_views(text_hidden, image_hidden, index)  # (B, Lv, d)
 
 
 def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, position_embeddings, full_mask):
@@ -153,8 +214,12 @@ def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, p
             "image tokens after the prompt: a routed model takes images in the first (prefill) call only; "
             "suppress the image token in generation (suppress_tokens=[image_token_id])"
         )
-    text_mask = None
-    if args.first_text_layer is not None:
+    # Layers after FastV's pruning (other than text layers) hold the kept view of the prompt.
+    kept_layers = [] if plan.prune_layer is None else [
+        i for i in range(plan.prune_layer, plan.num_layers) if plan.modes[i] != "text"
+    ]
+    text_mask = kept_mask = None
+    if args.first_text_layer is not None or kept_layers:
         state = getattr(cache, "routing", None)
         if state is None:
             raise ValueError(
@@ -167,18 +232,123 @@ def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, p
             tail = attention_mask[:, state.prompt_len :].bool()  # (B, seen - L + q)
         else:
             tail = torch.ones(batch, seen - state.prompt_len + q_len, dtype=torch.bool, device=hidden.device)
-        text_mask = create_causal_mask(
-            config=backbone.text_config,
-            inputs_embeds=hidden,
-            attention_mask=torch.cat([state.text_key_valid, tail], dim=1),
-            cache=cache,
-            position_ids=None,
-            layer_idx=args.first_text_layer,
-        )
+
+        def view_mask(prompt_keys, layer_idx):
+            return create_causal_mask(
+                config=backbone.text_config,
+                inputs_embeds=hidden,
+                attention_mask=torch.cat([prompt_keys, tail], dim=1),
+                cache=cache,
+                position_ids=None,
+                layer_idx=layer_idx,
+            )
+
+        if args.first_text_layer is not None:
+            text_mask = view_mask(state.text_key_valid, args.first_text_layer)
+        if kept_layers:
+            kept_mask = view_mask(state.kept_key_valid, kept_layers[0])
+    kept = set(kept_layers)
     for layer_idx in range(plan.num_layers):
-        mask = text_mask if plan.modes[layer_idx] == "text" else full_mask
+        if plan.modes[layer_idx] == "text":
+            mask = text_mask
+        else:
+            mask = kept_mask if layer_idx in kept else full_mask
         hidden = args.run(layer_idx, hidden, mask, position_ids, position_embeddings)
     return hidden
+
+
+# ----------------------------------------------------------------------------- FastV
+def _run_and_score(args: _LayerArgs, layer_idx: int, view: _View) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run layer ``layer_idx`` over ``view`` and return (its output, FastV's score of every key position).
+
+    The score is the head-mean attention probability from each sample's last real query to every key,
+    recomputed from the q/k projections of the exact input the layer's attention received (captured by
+    a pre-hook), so it does not depend on the attention implementation (sdpa returns no weights).
+    """
+    attn = args.backbone.layers[layer_idx].self_attn
+    captured = {}
+
+    def grab(module, a, kw):
+        captured["normed"] = kw["hidden_states"] if "hidden_states" in kw else a[0]
+
+    handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        out = args.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+    finally:
+        handle.remove()
+    scores = last_query_attention(attn, captured["normed"], view.position_embeddings, view.attention_mask, args.prompt_len)
+    return out, scores
+
+
+def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attention_mask,
+                         prompt_len: int | None = None) -> torch.Tensor:
+    """Head-mean attention probabilities (B, L) of each sample's last real prompt query over its keys.
+
+    ``normed`` (B, L, d) is the attention module's input (after the layer's input norm); the
+    computation follows eager attention (RoPE, grouped K/V, scaling, float32 softmax). The query is
+    each sample's last unpadded position before ``prompt_len`` (default: the whole input), so the
+    ranking of a prompt does not change when generated tokens are appended to it.
+    """
+    batch, length, _ = normed.shape
+    positions = torch.arange(length, device=normed.device)
+    real = torch.ones(batch, length, dtype=torch.bool, device=normed.device)
+    if attention_mask is not None:
+        real = attention_mask.bool()
+    if prompt_len is not None:
+        real = real & (positions < prompt_len)[None, :]
+    last = torch.where(real, positions, -1).max(1).values.clamp(min=0)  # (B,)
+    allowed = real & (positions[None, :] <= last[:, None])  # (B, L)
+    hd = attn.head_dim
+    q = attn.q_proj(gather_positions(normed, last[:, None]))  # (B, 1, H * hd)
+    q = q.view(batch, 1, -1, hd)
+    k = attn.k_proj(normed).view(batch, length, -1, hd)
+    if hasattr(attn, "q_norm"):  # Qwen3-style per-head norms
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, 1, hd), (B, H_kv, L, hd)
+    cos, sin = position_embeddings
+    apply_rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    q, _ = apply_rotary(q, q, gather_positions(cos, last[:, None]), gather_positions(sin, last[:, None]))
+    _, k = apply_rotary(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, L, hd), as repeat_kv
+    logits = torch.matmul(q, k.transpose(2, 3)) * attn.scaling  # (B, H, 1, L)
+    logits = logits.float().masked_fill(~allowed[:, None, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]  # (B, L)
+
+
+def _fastv_keep(scores: torch.Tensor, is_image: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(B, L) bool: every non-image position, and each sample's round(ratio * I) best-scored image tokens."""
+    n_keep = torch.round(is_image.sum(1).double() * ratio).long()  # (B,), round half to even like Python
+    ranked = scores.masked_fill(~is_image, float("-inf"))
+    order = ranked.argsort(dim=1, descending=True, stable=True)  # (B, L)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return ~is_image | (rank < n_keep[:, None])
+
+
+def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: int) -> _View:
+    """The kept positions of ``view`` (B, Lk), in order, with their original RoPE positions and own mask."""
+    idx, valid = prune.text_idx, prune.text_valid  # (B, Lk)
+    key_valid = valid
+    if view.attention_mask is not None:
+        key_valid = valid & gather_positions(view.attention_mask.bool(), idx)
+    hidden = gather_positions(view.hidden, idx)  # (B, Lk, d)
+    mask = create_causal_mask(
+        config=args.backbone.text_config,
+        inputs_embeds=hidden,
+        attention_mask=None if bool(key_valid.all()) else key_valid,
+        cache=args.cache,
+        position_ids=None,  # kept positions have holes; the mask is causal in view order
+        layer_idx=layer_idx,
+    )
+    return _View(
+        hidden=hidden,
+        is_image=gather_positions(view.is_image, idx) & valid,
+        valid=valid,
+        attention_mask=key_valid,
+        position_ids=gather_positions(view.position_ids, idx),
+        position_embeddings=tuple(gather_positions(t, idx) for t in view.position_embeddings),
+        mask=mask,
+        mask_position_ids=None,
+    )
 
 
 # ----------------------------------------------------------------------------- kv mode

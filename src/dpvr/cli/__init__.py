@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["data", "tiny", "route", "analyze", "bench"]
+SUBCOMMANDS: list[str] = ["data", "tiny", "route", "train", "analyze", "bench"]
 
 
 class UserError(Exception):

@@ -1,0 +1,289 @@
+"""`train(args)`: one training run with the Hugging Face `Trainer`, from data to a saved adapter.
+
+The same code runs on one CPU process, several (``accelerate launch --cpu --num_processes 2``,
+gloo) and many GPUs (DDP, FSDP, DeepSpeed through accelerate configs). One seed fixes the
+initialisation and the data order; ``--resume`` continues the same order from a checkpoint.
+
+Output folder::
+
+    adapter/            dpvr: side-branch weights + dpvr_config.json (lora: peft adapter; full: model)
+    train_args.json     every setting, enough to rerun (`dpvr train --args-file`)
+    loss.jsonl          logged training loss (and eval loss before/after)
+    loss.png            the curve
+    result.json         trainable parameters, steps, wall time, held-out loss before/after, grad probe
+    checkpoints/        mid-run checkpoints when --save-steps is given
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from dpvr.adapter import load_side_branch_weights, write_adapter_files
+from dpvr.config import DPVRConfig
+from dpvr.io import write_json_atomic
+from dpvr.model import DPVRModel, get_dpvr_model
+from dpvr.train.args import TrainArgs
+from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
+
+log = logging.getLogger(__name__)
+
+ZERO_GRADIENT_WHY = (
+    "the side-branch gradient is exactly zero: in 'ideal' no deep layer lets a text position attend to the "
+    "side branch's output, and LLaVA labels are -100 at every image position, so the loss does not depend on "
+    "the side branch at all (paper, Appendix A). Training changes nothing; use 'lf' (one fusion layer) instead."
+)
+
+
+def default_split(num_layers: int) -> int:
+    """The paper's 7B split ratio (18 of 32 layers) applied to another depth, kept inside 1..N-1."""
+    return max(1, min(num_layers - 1, round(num_layers * 18 / 32)))
+
+
+def resolve_inputs(args: TrainArgs) -> tuple[str, str, str]:
+    """(model folder, data file, image folder), filling the embedded defaults."""
+    model = args.model
+    data = args.data
+    if model is None or data is None:
+        from dpvr import embedded
+
+        model = model or str(embedded.checkpoint_path())
+        data = data or str(embedded.benchmark_dir() / "train.json")
+    image_folder = args.image_folder or str(Path(data).parent)
+    return model, data, image_folder
+
+
+def load_base(model_dir: str, bf16: bool = False):
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a LLaVA checkpoint")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    base = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(path)
+    return base, processor
+
+
+def build_trainable(base, args: TrainArgs):
+    """The model to train: a DPVR wrapper (side branch only), a peft LoRA model, or the LM unfrozen."""
+    n = base.config.get_text_config().num_hidden_layers
+    if args.method == "dpvr":
+        split = args.split if args.split is not None else default_split(n)
+        config = DPVRConfig(variant=args.variant, split=split, fusion_layers=args.fusion_layers,
+                            num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+        return get_dpvr_model(base, config)
+    if args.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        return get_peft_model(base, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                               target_modules=targets))
+    for p in base.parameters():
+        p.requires_grad_(False)
+    for module in (base.model.language_model, base.lm_head):
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return base
+
+
+class _Trainer(Trainer):
+    """Saves and resumes a DPVR model as its adapter (the side branch), everything else as HF does."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, DPVRModel):
+            write_adapter_files(model, output_dir or self.args.output_dir)
+            return
+        super()._save(output_dir, state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        target = self.accelerator.unwrap_model(model or self.model)
+        if isinstance(target, DPVRModel):
+            load_side_branch_weights(target, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+class _LossLog(TrainerCallback):
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        row = {"stage": "train", "step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate")}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class _GradProbe(TrainerCallback):
+    """Measures the trainable gradient at the first optimizer step; says why when it is exactly zero."""
+
+    def __init__(self):
+        self.first_step = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.first_step is not None or model is None:
+            return
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        nonzero = sum(int(torch.count_nonzero(g)) for g in grads)
+        norm = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
+        self.first_step = {"grad_norm": norm, "nonzero_grad_elements": nonzero, "tensors_with_grad": len(grads)}
+        if nonzero == 0 and state.is_world_process_zero:
+            log.warning(ZERO_GRADIENT_WHY)
+            print(f"dpvr train: {ZERO_GRADIENT_WHY}", flush=True)
+
+
+def _split_heldout(records: list[dict], args: TrainArgs) -> tuple[list[dict], list[dict]]:
+    if args.eval_data:
+        return records, load_records(args.eval_data)[: args.eval_samples]
+    n_eval = min(args.eval_samples, len(records) // 10)
+    if n_eval == 0:  # too few records to hold any out: the before/after loss is measured on training records
+        log.warning("fewer than 10 records: evaluating on training records (pass --eval-data for a held-out set)")
+        return records, records[: args.eval_samples]
+    order = list(range(len(records)))
+    random.Random(args.seed).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
+
+
+@torch.no_grad()
+def heldout_loss(model, dataset, collator, batch_size: int) -> float:
+    """Token-weighted mean loss over ``dataset`` (every supervised token counts once)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(model(**batch, use_cache=False).loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write to the output folder {out} ({err.strerror}); choose another --out") from err
+
+
+def train(args: TrainArgs) -> dict:
+    """Run one training; returns the summary also written to ``result.json``."""
+    from transformers import set_seed
+
+    out = Path(args.out)
+    _check_writable(out)
+    model_dir, data_path, image_folder = resolve_inputs(args)
+    records = load_records(data_path)
+    train_records, eval_records = _split_heldout(records, args)
+    if args.max_samples is not None:
+        train_records = train_records[: args.max_samples]
+
+    set_seed(args.seed)
+    base, processor = load_base(model_dir, args.bf16)
+    image_tokens = num_image_tokens(base.config)
+    max_length = getattr(base.config.get_text_config(), "max_position_embeddings", None)
+    make = lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length, args.skip_bad)  # noqa: E731
+    train_set, eval_set = make(train_records), make(eval_records)
+    model = build_trainable(base, args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+
+    targs = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        lr_scheduler_type="cosine",
+        warmup_steps=args.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        optim="adamw_torch",
+        logging_steps=args.logging_steps,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        seed=args.seed,
+        data_seed=args.seed,
+        bf16=args.bf16,
+        activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=not args.progress,
+    )
+    loss_path = out / "loss.jsonl"
+    probe = _GradProbe()
+    trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=DataCollator(pad_id),
+                       callbacks=[_LossLog(loss_path), probe])
+    resume = args.resume
+    if resume == "latest":
+        resume = get_last_checkpoint(str(out / "checkpoints"))
+        if resume is None:
+            raise ValueError(f"--resume latest: no checkpoint in {out / 'checkpoints'} (train with --save-steps first)")
+    if trainer.is_world_process_zero() and not resume:
+        loss_path.write_text("")
+    # Held-out loss outside the Trainer: evaluating through it before train() leaves the model marked as
+    # prepared, and train() then skips the DDP wrap in multi-process runs.
+    collator = DataCollator(pad_id)
+    eval_before = heldout_loss(model, eval_set, collator, args.batch_size)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - start
+    eval_after = heldout_loss(model, eval_set, collator, args.batch_size)
+
+    summary = {
+        "method": args.method,
+        "variant": args.variant if args.method == "dpvr" else None,
+        "dpvr_config": model.dpvr_config.to_dict() if isinstance(model, DPVRModel) else None,
+        "trainable_parameters": trainable,
+        "train_records": len(train_set),
+        "skipped_records": len(train_set.skipped),
+        "eval_records": len(eval_set),
+        "global_steps": result.global_step,
+        "train_loss": result.training_loss,
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "first_step_gradient": probe.first_step,
+        "wall_seconds": wall,
+        "steps_per_second": result.global_step / wall if wall > 0 else None,
+        "model": model_dir,
+        "data": data_path,
+    }
+    if trainer.is_world_process_zero():
+        _write_outputs(out, model, args, summary, loss_path)
+    return summary
+
+
+def _write_outputs(out: Path, model, args: TrainArgs, summary: dict, loss_path: Path) -> None:
+    from dpvr.tiny.plots import plot_losses
+
+    if isinstance(model, DPVRModel):
+        model.save_pretrained(out / "adapter")
+    else:
+        model.save_pretrained(out / ("adapter" if args.method == "lora" else "model"))
+    with loss_path.open("a") as fh:
+        for name in ("eval_loss_before", "eval_loss_after"):
+            step = 0 if name.endswith("before") else summary["global_steps"]
+            fh.write(json.dumps({"stage": "eval", "step": step, "loss": summary[name]}) + "\n")
+    write_json_atomic(out / "train_args.json", args.to_dict())
+    write_json_atomic(out / "result.json", summary)
+    if any(line.strip() for line in loss_path.read_text().splitlines()):
+        plot_losses(loss_path, out / "loss.png", smooth=5)

@@ -1,0 +1,190 @@
+"""Figures for the peers issue (SPEC §6): analytic FLOPs and embedded-benchmark accuracy of vanilla,
+FastV (R = 50 %, 25 %), VTW (two k), DPVR-LF and LF+FastV, side by side.
+
+    # analytic FLOPs (no weights): the embedded default shape and LLaVA-1.5-7B
+    .venv/bin/python scripts/peer_figures.py flops --out runs/peers/flops.json
+
+    # accuracy on the embedded benchmarks (needs a built tiny model and its data folder;
+    # --adapter: a trained lf side branch, else lf runs with its untrained copy-initialised one)
+    .venv/bin/python scripts/peer_figures.py accuracy --model MODEL_DIR --data DATA_DIR \
+        [--adapter ADAPTER_DIR] [--limit 200] --out runs/peers/accuracy.json
+
+Every method is a `DPVRConfig` run by the same engine. The analytic schedule of a config with FastV
+pruning (and of the LF+FastV composition) is derived here from its resolved plan, and checked against
+:func:`dpvr.efficiency.methods.schedule` for every method that module already knows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dpvr.config import DPVRConfig, ResolvedPlan
+from dpvr.efficiency.flops import ShapeDims, decode_flops, layer_flops, vision_flops_per_image
+from dpvr.efficiency.methods import LayerWork, Method, Schedule, _kept_image_positions, prompt_mask, schedule
+
+
+def methods(num_layers: int, split: int, fastv_k: int = 2, vtw_ks: tuple[int, int] | None = None) -> dict[str, DPVRConfig]:
+    """The side-by-side set: label -> config."""
+    vtw_ks = vtw_ks or (split, num_layers // 2 + num_layers // 4)
+    return {
+        "vanilla": DPVRConfig(variant="vanilla"),
+        "fastv R=50%": DPVRConfig(variant="fastv", fastv_k=fastv_k, fastv_ratio=0.5),
+        "fastv R=25%": DPVRConfig(variant="fastv", fastv_k=fastv_k, fastv_ratio=0.25),
+        **{f"vtw k={k}": DPVRConfig(variant="vtw", split=k) for k in vtw_ks},
+        f"lf s={split}": DPVRConfig(variant="lf", split=split),
+        f"lf s={split} + fastv R=50%": DPVRConfig(variant="lf", split=split, fastv_k=fastv_k, fastv_ratio=0.5),
+    }
+
+
+# ---------------------------------------------------------------------------------------- FLOPs
+def plan_schedule(plan: ResolvedPlan, is_image: np.ndarray) -> Schedule:
+    """Positions each layer computes under ``plan`` (FastV pruning and compositions included).
+
+    Layers before the pruning layer see every position; from it on, the kept view (text + the
+    kept image tokens, evenly spread as in :mod:`dpvr.efficiency.methods`; which ones are kept
+    does not change the count). ``text`` layers: text only; ``kv``: text queries over the view.
+    """
+    every, text = np.ones_like(is_image), ~is_image
+    kept = every if plan.prune_layer is None else text | _kept_image_positions(is_image, plan.keep_ratio)
+    layers = []
+    for i, mode in enumerate(plan.modes):
+        view = every if plan.prune_layer is None or i < plan.prune_layer else kept
+        if mode in ("full", "fuse"):
+            layers.append(LayerWork(view, view, view))
+        elif mode == "text":
+            layers.append(LayerWork(text, text, text))
+        else:  # kv
+            layers.append(LayerWork(text, view, view))
+    side = []
+    view = every if plan.prune_layer is None or plan.split < plan.prune_layer else kept
+    image = is_image & view
+    if plan.side_depth and image.any():
+        prefix = view & (np.arange(len(is_image)) <= np.flatnonzero(image)[-1])
+        side = [LayerWork(prefix, prefix, prefix)] * plan.side_depth
+    return Schedule(layers, side)
+
+
+def _flops(dims: ShapeDims, sched: Schedule) -> int:
+    return sum(layer_flops(w, dims) for w in sched.layers) + sum(layer_flops(w, dims) for w in sched.side)
+
+
+def check_against_methods_module(dims: ShapeDims, split: int, is_image: np.ndarray) -> None:
+    """The same count as dpvr.efficiency.methods for every method it already has."""
+    n = dims.num_layers
+    pairs = [
+        (Method("vanilla", DPVRConfig(variant="vanilla")), DPVRConfig(variant="vanilla")),
+        (Method("lf", DPVRConfig(variant="lf", split=split)), DPVRConfig(variant="lf", split=split)),
+        (Method("kv", DPVRConfig(variant="kv", split=split)), DPVRConfig(variant="kv", split=split)),
+        (Method("fastv", options={"k": 2, "ratio": 0.5}), DPVRConfig(variant="fastv", fastv_k=2, fastv_ratio=0.5)),
+        (Method("vtw", options={"k": split}), DPVRConfig(variant="vtw", split=split)),
+    ]
+    for method, cfg in pairs:
+        a = _flops(dims, schedule(method, is_image, n))
+        b = _flops(dims, plan_schedule(cfg.resolve(n), is_image))
+        assert a == b, (method.name, a, b)
+
+
+def flops_rows(dims: ShapeDims, configs: dict[str, DPVRConfig], system: int, text_tokens: list[int]) -> list[dict]:
+    rows = []
+    for t in text_tokens:
+        is_image = prompt_mask(system, dims.image_tokens, t)
+        ref = None
+        for label, cfg in configs.items():
+            sched = plan_schedule(cfg.resolve(dims.num_layers), is_image)
+            lm = _flops(dims, sched)
+            whole = lm + vision_flops_per_image(dims)  # lm_head at one position is the same for all
+            cache = sum(int(w.keys.sum()) for w in sched.layers)
+            ref = ref or {"lm": lm, "whole": whole, "cache": cache}
+            rows.append({"shape": dims.name, "method": label, "config": cfg.to_dict(), "system_tokens": system,
+                         "image_tokens": int(is_image.sum()), "text_tokens": t, "prefill_lm_flops": lm,
+                         "lm_ratio": lm / ref["lm"], "lm_saving": 1 - lm / ref["lm"],
+                         "whole_saving": 1 - whole / ref["whole"], "kv_cache_positions": cache,
+                         "kv_cache_ratio": cache / ref["cache"]})
+    return rows
+
+
+def cmd_flops(args) -> dict:
+    from dpvr.shapes import load_shape_config
+    from dpvr.tiny.model import TinyArch, llava_config
+
+    shapes = [(ShapeDims.from_config(llava_config(TinyArch(), vocab_size=300)), "embedded", args.embedded_split,
+               args.embedded_system, [40, 100]),
+              (ShapeDims.from_config(load_shape_config("llava-1.5-7b")), "llava-1.5-7b", 18, 35, [128, 512])]
+    out = {"rows": []}
+    for dims, name, split, system, texts in shapes:
+        dims = ShapeDims(**{**dims.__dict__, "name": name})
+        check_against_methods_module(dims, split, prompt_mask(system, dims.image_tokens, texts[0]))
+        rows = flops_rows(dims, methods(dims.num_layers, split), system, texts)
+        out["rows"] += rows
+        print(f"\n{name}: {dims.num_layers} layers, d={dims.hidden}, {dims.image_tokens} image + {system} system tokens")
+        print(f"{'text':>5} {'method':<28} {'LM GFLOP':>10} {'LM saving':>10} {'whole saving':>13} {'KV cache':>9}")
+        for r in rows:
+            print(f"{r['text_tokens']:>5} {r['method']:<28} {r['prefill_lm_flops'] / 1e9:>10.3f} {r['lm_saving']:>10.1%}"
+                  f" {r['whole_saving']:>13.1%} {r['kv_cache_ratio']:>9.3f}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- accuracy
+def cmd_accuracy(args) -> dict:
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    import dpvr
+    from dpvr.tiny.evaluate import evaluate
+
+    base = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    n = base.config.text_config.num_hidden_layers
+    trained = dpvr.DPVRModel.from_pretrained(base, args.adapter) if args.adapter else None
+    split = trained.dpvr_config.split if trained else (args.split or n // 2)
+    out = {"model": str(args.model), "data": str(args.data), "adapter": args.adapter, "limit": args.limit, "results": {}}
+    for label, cfg in methods(n, split).items():
+        model = dpvr.get_dpvr_model(base, cfg)
+        if model.side_branch is not None:
+            if trained is not None:
+                model.side_branch.load_state_dict(trained.side_branch.state_dict())
+            else:
+                label += " (untrained side branch)"
+        report = evaluate(model, processor, args.data, limit=args.limit, progress=False)
+        mean = sum(r["accuracy"] for r in report.values()) / len(report)
+        out["results"][label] = {"config": cfg.to_dict(), "mean_accuracy": round(mean, 2), "families": report}
+        print(f"{label:<46} mean {mean:6.2f}  " + "  ".join(f"{f} {r['accuracy']:.1f}" for f, r in report.items()),
+              flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("flops", help="analytic FLOPs of every method (no weights)")
+    f.add_argument("--embedded-split", type=int, default=4)
+    f.add_argument("--embedded-system", type=int, default=3, help="tokens before the image in an embedded prompt")
+    a = sub.add_parser("accuracy", help="accuracy of every method on the embedded benchmarks")
+    a.add_argument("--model", required=True)
+    a.add_argument("--data", required=True)
+    a.add_argument("--adapter", default=None)
+    a.add_argument("--split", type=int, default=None, help="lf split when no --adapter is given (default N/2)")
+    a.add_argument("--limit", type=int, default=None)
+    for q in (f, a):
+        q.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    result = cmd_flops(args) if args.cmd == "flops" else cmd_accuracy(args)
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(result, fh, indent=2)
+        os.replace(tmp, path)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

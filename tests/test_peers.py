@@ -243,3 +243,34 @@ def test_peer_field_errors(kwargs, message):
 def test_peer_errors_against_the_backbone(kwargs, message):
     with pytest.raises(ValueError, match=message):
         dpvr.DPVRConfig(**kwargs).resolve(8)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(variant="kv", split=3, fastv_k=3),  # pruning right at the split
+    dict(variant="pc", split=3, fastv_k=1, fastv_ratio=0.25),
+    dict(variant="ideal", split=2, fastv_k=2),
+], ids=["kv-k=s", "pc", "ideal"])
+def test_fastv_composes_with_every_dpvr_variant(cfg):
+    base = make_tiny_llava()
+    seqs, pix, per_pix = batch_of_three(base)
+    model = wrap(base, **cfg)
+    ids, mask = pad_batch(seqs, "right")
+    batched = model(input_ids=ids, attention_mask=mask, pixel_values=pix).logits
+    for i, seq in enumerate(seqs):
+        assert_close(batched[i][mask[i].bool()], model(input_ids=torch.tensor([seq]), pixel_values=per_pix[i]).logits[0])
+    ids, mask = pad_batch(seqs, "left")
+    kw = dict(input_ids=ids, attention_mask=mask, pixel_values=pix, max_new_tokens=3, do_sample=False,
+              suppress_tokens=[IMAGE_TOKEN_ID], pad_token_id=0, eos_token_id=None)
+    assert torch.equal(model.generate(**kw), model.generate(**kw, use_cache=False))
+
+
+def test_kv_equals_pc_at_text_positions_after_pruning():
+    # as without pruning (test_engine): two code paths over the kept view, one answer for text
+    base = make_tiny_llava()
+    seqs, pix, _ = batch_of_three(base)
+    ids, mask = pad_batch(seqs, "left")
+    text = mask.bool() & (ids != IMAGE_TOKEN_ID)
+    kw = dict(input_ids=ids, attention_mask=mask, pixel_values=pix)
+    kv = wrap(base, variant="kv", split=3, fastv_k=2)(**kw).logits
+    pc = wrap(base, variant="pc", split=3, fastv_k=2)(**kw).logits
+    assert_close(kv[text], pc[text])

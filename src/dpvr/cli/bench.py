@@ -46,6 +46,9 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads, fixed for the run (default 2)")
+    p.add_argument("--clock", choices=["wall", "process"], default="wall",
+                   help="CPU timing: wall (perf_counter, default) or process (CPU time of this process; for a "
+                        "shared machine, with --threads 1)")
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--system-tokens", type=int, default=35, help="tokens before the image (default 35)")
@@ -181,7 +184,7 @@ def run_latency(args: argparse.Namespace) -> int:
         text_tokens=args.text_tokens, batch_sizes=args.batch_sizes, new_tokens=args.new_tokens,
         system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device,
         threads=args.threads, attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory,
-        split=args.split, num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+        clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
     report = measure_latency(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype} on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
           f"timing: {report['timing_method']}; memory: {report['memory_method']}")
@@ -201,8 +204,8 @@ def run_train(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         text_tokens=args.text_tokens, batch_size=args.batch_size, system_tokens=args.system_tokens,
         warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device, threads=args.threads,
-        attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory, split=args.split,
-        num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+        attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory, clock=args.clock,
+        split=args.split, num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
     report = measure_training(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype}; timing: {report['timing_method']}; memory: {report['memory_method']}")
     print(format_train_table(report))

@@ -168,11 +168,19 @@ def make_inputs(config: LlavaConfig, batch: int, system: int, text: int, new_tok
 
 
 # ---------------------------------------------------------------------------------------- timing
-class Timer:
-    """Seconds of a block: CUDA events on a GPU, ``perf_counter`` on CPU."""
+CLOCKS = ("wall", "process")
 
-    def __init__(self, device: torch.device) -> None:
+
+class Timer:
+    """Seconds of a block: CUDA events on a GPU; on CPU ``perf_counter`` (``clock="wall"``) or the CPU
+    time of this process, all threads (``clock="process"``: for a shared machine, where wall time
+    counts other users' load; use it with ``threads=1``, since idle-spinning threads count too)."""
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}: choose one of {', '.join(CLOCKS)}")
         self.device = device
+        self.clock = time.process_time if clock == "process" else time.perf_counter
 
     def __call__(self, fn, *args):
         if self.device.type == "cuda":
@@ -182,9 +190,16 @@ class Timer:
             end.record()
             torch.cuda.synchronize(self.device)
             return out, start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
+        t0 = self.clock()
         out = fn(*args)
-        return out, time.perf_counter() - t0
+        return out, self.clock() - t0
+
+
+def timing_method(device: torch.device, clock: str) -> str:
+    if device.type == "cuda":
+        return "CUDA events"
+    what = "time.process_time (CPU time of the process, all threads)" if clock == "process" else "time.perf_counter (wall)"
+    return f"{what}, torch.set_num_threads({torch.get_num_threads()})"
 
 
 def summarise(values: list[float]) -> dict:
@@ -213,6 +228,7 @@ class LatencySettings:
     attn: str = "sdpa"
     seed: int = 0
     measure_memory: bool = True
+    clock: str = "wall"
     split: int | None = None
     num_fusion_layers: int | None = None
     fusion_layers: list[int] | None = None
@@ -227,6 +243,8 @@ class LatencySettings:
             raise ValueError(f"text_tokens must be a non-empty list of positive lengths, got {self.text_tokens}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch_sizes must be a non-empty list of positive sizes, got {self.batch_sizes}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"unknown clock {self.clock!r}: choose one of {', '.join(CLOCKS)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
@@ -304,15 +322,14 @@ def measure_latency(
                      "options": m.options} for m in methods],
         "skipped": skipped,
         "machine": machine_info(device),
-        "timing_method": "CUDA events" if device.type == "cuda"
-        else f"time.perf_counter, torch.set_num_threads({torch.get_num_threads()})",
+        "timing_method": timing_method(device, s.clock),
         "memory_method": memory_method(device),
         "results": results,
     }
 
 
 def _measure_layout(methods, runners, inputs, s: LatencySettings, device, bar, batch, t) -> list[dict]:
-    timer = Timer(device)
+    timer = Timer(device, s.clock)
     prefill = {m.label: [] for m in methods}
     decode = {m.label: [] for m in methods}
     cache_bytes, peak = {}, {}

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dpvr.config import DPVRConfig
-from dpvr.efficiency.latency import DTYPES, Timer, build_random_model, make_inputs, resolve_device, summarise
+from dpvr.efficiency.latency import DTYPES, Timer, timing_method, build_random_model, make_inputs, resolve_device, summarise
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import default_split, load_shape_config, shape_name
@@ -65,6 +65,7 @@ class TrainSettings:
     seed: int = 0
     lr: float = 1e-5
     measure_memory: bool = True
+    clock: str = "wall"
     split: int | None = None
     num_fusion_layers: int | None = None
     side_depth: int = 1
@@ -142,7 +143,7 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    timer = Timer(device)
+    timer = Timer(device, s.clock)
     times = {n: [] for n in names}
     peaks = {}
     bar = tqdm(total=(s.warmup + s.repeats) * len(names) + s.measure_memory * len(names), desc="bench train",
@@ -184,8 +185,7 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
         "settings": asdict(s) | {"split": split},
         "reference": ref,
         "machine": machine_info(device),
-        "timing_method": "CUDA events" if device.type == "cuda"
-        else f"time.perf_counter, torch.set_num_threads({torch.get_num_threads()})",
+        "timing_method": timing_method(device, s.clock),
         "memory_method": memory_method(device) + "; one step after warm-up, optimizer states already allocated",
         "results": results,
     }

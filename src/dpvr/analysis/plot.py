@@ -63,6 +63,11 @@ def plot_saturation(data: dict, path: str | Path) -> Path:
         if txt_key == "attn_text_to_image":
             _curve(ax, layers, st[txt_key], TEXT, "text queries → image keys")
             _mark(ax, tr.get(txt_key), VISION, "attention collapse")
+            mech = (data.get("mechanism") or {}).get("fusion_attention")
+            if mech:
+                pts = [(l, v) for l, v in zip(mech["layers"], mech["routed"]["mean"]) if v is not None]
+                if pts:
+                    ax.plot(*zip(*pts), "*", color="#2ca02c", ms=12, label="routed model (adapter), fusion layer")
             share = st.get("image_key_share", {}).get("mean")
             if share is not None:
                 ax.axhline(share, color="0.4", ls="--", lw=1, label=f"uniform attention ({share:.2f})")

@@ -4,6 +4,9 @@ FastV (R = 50 %, 25 %), VTW (two k), DPVR-LF and LF+FastV, side by side.
     # analytic FLOPs (no weights): the embedded default shape and LLaVA-1.5-7B
     .venv/bin/python scripts/peer_figures.py flops --out runs/peers/flops.json
 
+    # measured CPU prefill time against vanilla in the same run (random weights, 576 image tokens)
+    .venv/bin/python scripts/peer_figures.py latency --out runs/peers/latency.json
+
     # accuracy on the embedded benchmarks (needs a built tiny model and its data folder;
     # --adapter: a trained lf side branch, else lf runs with its untrained copy-initialised one)
     .venv/bin/python scripts/peer_figures.py accuracy --model MODEL_DIR --data DATA_DIR \
@@ -131,6 +134,52 @@ def cmd_flops(args) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------- latency
+def cmd_latency(args) -> dict:
+    """Prefill CPU seconds of every method vs vanilla: interleaved rounds, per-round ratios, median.
+
+    CPU time of this process (``time.process_time``) on ``--threads`` threads (default 1): on a
+    shared machine wall time mostly measures the other jobs.
+    """
+    import time
+
+    import torch
+
+    import dpvr
+    from dpvr.random_model import random_llava, random_prompt
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = random_llava(image_grid=24, num_layers=args.layers, hidden=args.hidden, vocab=512)
+    ids, pix = random_prompt(base, text_tokens=args.text_tokens, system_tokens=35)
+    dims = ShapeDims.from_config(base.config)
+    is_image = (ids[0] == base.config.image_token_id).numpy()
+    configs = methods(args.layers, args.split)
+    models = {label: dpvr.get_dpvr_model(base, cfg).eval() for label, cfg in configs.items()}
+    times = {label: [] for label in models}
+    with torch.inference_mode():
+        for r in range(args.rounds + 1):  # round 0 warms up
+            for label, model in models.items():
+                start = time.process_time()
+                model(input_ids=ids, pixel_values=pix, logits_to_keep=1)
+                if r:
+                    times[label].append(time.process_time() - start)
+    ref = _flops(dims, plan_schedule(configs["vanilla"].resolve(args.layers), is_image))
+    rows = []
+    print(f"{args.layers} layers, d={args.hidden}, 576 image + 35 system + {args.text_tokens} text tokens, "
+          f"{args.rounds} rounds, torch threads {torch.get_num_threads()}")
+    print(f"{'method':<28} {'median CPU s':>12} {'measured ratio':>15} {'analytic LM ratio':>18}")
+    for label, cfg in configs.items():
+        ratios = sorted(t / v for t, v in zip(times[label], times["vanilla"]))
+        analytic = _flops(dims, plan_schedule(cfg.resolve(args.layers), is_image)) / ref
+        rows.append({"method": label, "config": cfg.to_dict(), "median_seconds": float(np.median(times[label])),
+                     "ratio_median": float(np.median(ratios)), "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                     "analytic_lm_ratio": analytic})
+        print(f"{label:<28} {np.median(times[label]):>12.3f} {np.median(ratios):>15.3f} {analytic:>18.3f}")
+    return {"layers": args.layers, "hidden": args.hidden, "text_tokens": args.text_tokens, "rounds": args.rounds,
+            "threads": args.threads, "clock": "process_time", "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------- accuracy
 def cmd_accuracy(args) -> dict:
     import torch
@@ -172,10 +221,17 @@ def main(argv=None) -> None:
     a.add_argument("--adapter", default=None)
     a.add_argument("--split", type=int, default=None, help="lf split when no --adapter is given (default N/2)")
     a.add_argument("--limit", type=int, default=None)
-    for q in (f, a):
+    lat = sub.add_parser("latency", help="measured CPU prefill time of every method against vanilla")
+    lat.add_argument("--layers", type=int, default=12)
+    lat.add_argument("--hidden", type=int, default=512)
+    lat.add_argument("--split", type=int, default=7)
+    lat.add_argument("--text-tokens", type=int, default=80)
+    lat.add_argument("--rounds", type=int, default=7)
+    lat.add_argument("--threads", type=int, default=1)
+    for q in (f, a, lat):
         q.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
-    result = cmd_flops(args) if args.cmd == "flops" else cmd_accuracy(args)
+    result = {"flops": cmd_flops, "latency": cmd_latency, "accuracy": cmd_accuracy}[args.cmd](args)
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)

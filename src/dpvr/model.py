@@ -6,8 +6,14 @@
     model.save_pretrained("adapter/")                                              # side branch only
     model = DPVRModel.from_pretrained(base, "adapter/")
 
+Inference-time peers are configurations of the same wrapper (SPEC §6, see `dpvr.config`):
+
+    get_dpvr_model(base, DPVRConfig(variant="fastv", fastv_k=2, fastv_ratio=0.5))      # FastV
+    get_dpvr_model(base, DPVRConfig(variant="vtw", split=16))                          # VTW at k=16
+    get_dpvr_model(base, DPVRConfig(variant="lf", split=18, fastv_k=2, fastv_ratio=0.5))  # LF + FastV
+
 The wrapped model is kept as ``model.base`` and frozen; the only trainable parameters are the
-side branch's (``model.side_branch``). ``vanilla`` (or a split that routes nothing) calls the
+side branch's (``model.side_branch``; FastV and VTW have none). ``vanilla`` (or a split that routes nothing) calls the
 base model itself, so its outputs are the unwrapped model's, bit for bit.
 """
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -80,3 +83,29 @@ def random_pixels(num_images: int, model, seed: int = 0) -> torch.Tensor | None:
         return None
     size = model.config.vision_config.image_size
     return torch.randn(num_images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """Generated data + a random tiny LLaVA with a tokenizer trained on that data (offline, seconds)."""
+    from dpvr.data.generate import generate_dataset
+    from dpvr.tiny.tokenizer import make_processor, train_tokenizer, training_texts
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_dataset(root / "data", seed=0, num_train=40, num_test_per_family=6)
+    records = json.loads((root / "data" / "train.json").read_text())
+    tok = train_tokenizer(training_texts(records), vocab_size=300)
+    processor = make_processor(tok, 64, 16)  # 16 image tokens
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=64, patch_size=16),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root

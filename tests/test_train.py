@@ -19,34 +19,6 @@ from dpvr.data.llava_format import IGNORE_INDEX, tokenize_conversation
 from dpvr.train import DataCollator, LlavaConversationDataset, TrainArgs, load_records, train
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    """Generated data + a random tiny LLaVA with a tokenizer trained on that data (offline, seconds)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    from dpvr.data.generate import generate_dataset
-    from dpvr.tiny.tokenizer import make_processor, train_tokenizer, training_texts
-
-    root = tmp_path_factory.mktemp("tiny")
-    generate_dataset(root / "data", seed=0, num_train=40, num_test_per_family=6)
-    records = json.loads((root / "data" / "train.json").read_text())
-    tok = train_tokenizer(training_texts(records), vocab_size=300)
-    processor = make_processor(tok, 64, 16)  # 16 image tokens
-    torch.manual_seed(0)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                       image_size=64, patch_size=16),
-        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    LlavaForConditionalGeneration(config).save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    return root
-
-
 def args_for(tiny_dir: Path, out: Path, **kw) -> TrainArgs:
     base = dict(out=str(out), model=str(tiny_dir / "model"), data=str(tiny_dir / "data" / "train.json"), split=2,
                 batch_size=4, max_steps=4, logging_steps=1, eval_samples=4, progress=False)
@@ -103,7 +75,7 @@ def test_training_improves_held_out_loss_and_writes_outputs(tiny_dir, tmp_path):
 def test_same_seed_same_weights_and_seed_changes_data_order(tiny_dir, tmp_path):
     a = train(args_for(tiny_dir, tmp_path / "a", seed=1))
     b = train(args_for(tiny_dir, tmp_path / "b", seed=1))
-    c = train(args_for(tiny_dir, tmp_path / "c", seed=2))
+    train(args_for(tiny_dir, tmp_path / "c", seed=2))
     wa, wb, wc = side_weights(tmp_path / "a"), side_weights(tmp_path / "b"), side_weights(tmp_path / "c")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["train_loss"] == b["train_loss"]
@@ -163,8 +135,8 @@ def test_bad_input_is_a_clear_error(tiny_dir, tmp_path):
 def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
     """accelerate launch with 2 CPU processes (gloo), same global batch as 1 process.
 
-    On a machine without CUDA, accelerate's `--multi_gpu` path starts torch.distributed.run and
-    the processes fall back to the gloo backend (`--cpu` would start a single process).
+    Uses the shipped configs/accelerate/ddp.yaml: on a machine without CUDA, accelerate's MULTI_GPU
+    launcher starts torch.distributed.run and the processes use gloo (`--cpu` would start one process).
     """
     common = ["--model", str(tiny_dir / "model"), "--data", str(tiny_dir / "data" / "train.json"), "--split", "2",
               "--max-steps", "3", "--eval-samples", "4", "--no-progress", "--seed", "3"]
@@ -172,8 +144,9 @@ def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
     one = subprocess.run([sys.executable, "-m", "dpvr", "train", "--out", str(tmp_path / "one"), "--batch-size", "4",
                           *common], env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dpvr",
+    ddp_config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ddp_config),
+                          "--num_processes", "2", "--dynamo_backend", "no", "-m", "dpvr",
                           "train", "--out", str(tmp_path / "two"), "--batch-size", "2", *common],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]

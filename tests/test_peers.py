@@ -274,3 +274,12 @@ def test_kv_equals_pc_at_text_positions_after_pruning():
     kv = wrap(base, variant="kv", split=3, fastv_k=2)(**kw).logits
     pc = wrap(base, variant="pc", split=3, fastv_k=2)(**kw).logits
     assert_close(kv[text], pc[text])
+
+
+@pytest.mark.parametrize("name", list(PEERS))
+def test_sdpa_and_eager_agree(name):
+    seqs, pix, _ = batch_of_three(make_tiny_llava())
+    ids, mask = pad_batch(seqs, "left")
+    outs = [wrap(make_tiny_llava(attn=a), **PEERS[name])(input_ids=ids, attention_mask=mask, pixel_values=pix).logits
+            for a in ("sdpa", "eager")]
+    assert_close(outs[0][mask.bool()], outs[1][mask.bool()])

@@ -1,0 +1,50 @@
+"""Test helper for the evaluation tests: generated benchmark + a tiny random LLaVA that answers yes or no.
+
+``build(root)`` writes ``root/data`` (``dpvr data generate``, 6 questions per family) and ``root/model``
+(a random tiny LLaVA with a tokenizer trained on that data). The model's output head is rewired so
+that its first answer token is "Yes" or "No", chosen by the sign of a random projection of the last
+hidden state: with ``max_new_tokens=1`` every answer parses, the POPE figures are non-trivial, and
+they depend on the image. Offline, CPU, a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def build(root: Path) -> Path:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from dpvr.data.generate import generate_dataset
+    from dpvr.tiny.tokenizer import make_processor, train_tokenizer, training_texts
+
+    generate_dataset(root / "data", seed=0, num_train=12, num_test_per_family=6, progress=False)
+    records = json.loads((root / "data" / "train.json").read_text())
+    tok = train_tokenizer(training_texts(records) + ["ASSISTANT: Yes", "ASSISTANT: No"] * 50, vocab_size=400)
+    yes, no = (tok.encode(w, add_special_tokens=False) for w in ("Yes", "No"))
+    assert len(yes) == len(no) == 1, (yes, no)
+    processor = make_processor(tok, 32, 16)  # 4 image tokens
+    torch.manual_seed(0)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=32, patch_size=16),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    model = LlavaForConditionalGeneration(config)
+    with torch.no_grad():
+        head = model.lm_head.weight  # (V, d)
+        w = torch.randn(head.shape[1])
+        head.zero_()
+        head[yes[0]] = w
+        head[no[0]] = -w
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    return root

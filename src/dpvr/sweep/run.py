@@ -1,0 +1,182 @@
+"""Run a sweep: every point trained with `dpvr.train.train` and evaluated, one folder per point.
+
+Layout::
+
+    OUT/sweep.json                 the settings of the sweep
+    OUT/points/<name>/train/       the point's training output (adapter, loss curve, result)
+    OUT/points/<name>/point.json   written last: settings, accuracy per family, loss, FLOPs saving
+    OUT/table.{json,csv,md}, OUT/*.png   the aggregate (dpvr.sweep.report)
+
+A point is finished when its ``point.json`` exists with the same settings: it is never retrained,
+so an interrupted sweep resumes where it stopped. A point in progress holds ``.lock`` (pid and
+host); other processes writing to the same folder skip it, and a lock whose process has died is
+taken over. ``shard=(i, n)`` gives process i every n-th point, e.g. one process per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dpvr.io import write_json_atomic
+from dpvr.sweep.grid import Point
+
+POINT_FILE = "point.json"
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class SweepSettings:
+    out: str
+    model: str | None = None
+    data: str | None = None
+    image_folder: str | None = None
+    benchmark: str | None = None
+    families: list[str] | None = None
+    eval_limit: int | None = 50  # questions per family
+    split: int | None = None  # when the grid has no split axis
+    max_steps: int = 200
+    batch_size: int = 8
+    lr: float | None = None  # when the grid has no lr axis (None: the variant's default)
+    max_samples: int | None = None
+    eval_batch_size: int = 32
+    shard: tuple[int, int] = (0, 1)
+    extra: dict = field(default_factory=dict)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take_lock(folder: Path) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
+            if not stale:
+                return False
+            lock.unlink(missing_ok=True)  # its process died: take the point over
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        return True
+    return False
+
+
+def point_record(folder: Path) -> dict | None:
+    path = folder / POINT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _final_loss(loss_jsonl: Path, last: int = 50) -> float | None:
+    rows = [json.loads(line) for line in loss_jsonl.read_text().splitlines() if line.strip()] if loss_jsonl.is_file() else []
+    losses = [r["loss"] for r in rows if r.get("stage") == "train"][-last:]
+    return sum(losses) / len(losses) if losses else None
+
+
+def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn) -> dict:
+    """Train and evaluate one point; returns (and writes, last) its record."""
+    from dpvr.train import TrainArgs, train
+    from transformers import AutoConfig
+
+    from dpvr.train.run import default_split
+
+    values = point.values
+    train_dir = folder / "train"
+    if train_dir.exists():  # left by an interrupted run: start the point again
+        shutil.rmtree(train_dir)
+    model_dir = settings.model
+    if model_dir is None:
+        from dpvr import embedded
+
+        model_dir = str(embedded.checkpoint_path())
+    model_config = AutoConfig.from_pretrained(model_dir)
+    num_layers = model_config.get_text_config().num_hidden_layers
+    split = values.get("split", settings.split if settings.split is not None else default_split(num_layers))
+    fusion = point.resolved_fusion_layers(num_layers) if "fusion_layers" in values else None
+    args = TrainArgs(
+        out=str(train_dir), model=model_dir, data=settings.data, image_folder=settings.image_folder, method="dpvr",
+        variant=point.variant, split=split, fusion_layers=fusion,
+        num_fusion_layers=values.get("num_fusion_layers") if fusion is None and point.variant == "lf" else None,
+        side_depth=values.get("side_depth", 1), lr=values.get("lr", settings.lr), seed=point.seed,
+        max_steps=settings.max_steps, batch_size=settings.batch_size, max_samples=settings.max_samples,
+        progress=False,
+    )
+    summary = train(args)
+    accuracy = evaluate_fn(model_dir, train_dir / "adapter", settings)
+    record = {
+        "name": point.name,
+        "group": point.group,
+        "variant": point.variant,
+        "seed": point.seed,
+        "settings": {k: v for k, v in values.items()},
+        "dpvr_config": summary["dpvr_config"],
+        "trainable_parameters": summary["trainable_parameters"],
+        "final_train_loss": _final_loss(train_dir / "loss.jsonl"),
+        "eval_loss_before": summary["eval_loss_before"],
+        "eval_loss_after": summary["eval_loss_after"],
+        "train_seconds": summary["wall_seconds"],
+        "accuracy": accuracy,
+        "flops_saving": flops_saving(model_config, summary["dpvr_config"], settings),
+    }
+    write_json_atomic(folder / POINT_FILE, record)
+    return record
+
+
+def flops_saving(llava_config, dpvr_config: dict, settings: SweepSettings, text_tokens: int = 24,
+                 system_tokens: int = 8) -> float:
+    """Analytic LM prefill saving against vanilla at the embedded benchmark's prompt shape."""
+    from dpvr.config import DPVRConfig
+    from dpvr.efficiency.flops import ShapeDims, compare
+    from dpvr.efficiency.methods import Method
+
+    cfg = DPVRConfig.from_dict(dpvr_config)
+    methods = [Method("vanilla", DPVRConfig(variant="vanilla")), Method(cfg.variant, cfg)]
+    rows = compare(ShapeDims.from_config(llava_config), methods, text_tokens=[text_tokens], system_tokens=system_tokens)
+    return rows[-1]["saving_lm"]
+
+
+def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, progress: bool = True) -> list[dict]:
+    """Run (this shard's share of) ``points``; returns the records of every finished point."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if evaluate_fn is None:
+        from dpvr.sweep.evaluate import accuracy_of_adapter as evaluate_fn
+    write_json_atomic(out / "sweep.json", {"settings": asdict(settings), "points": [p.name for p in points]})
+    index, count = settings.shard
+    mine = [p for i, p in enumerate(points) if i % count == index]
+    bar = tqdm(mine, desc="sweep", unit="point", disable=not progress)
+    for point in bar:
+        folder = out / "points" / point.name
+        done = point_record(folder)
+        bar.set_postfix_str(point.name)
+        if done is not None and done.get("settings") == point.values:
+            continue
+        if not _take_lock(folder):
+            continue  # another process is on it
+        try:
+            run_point(point, settings, folder, evaluate_fn)
+        finally:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+    return [r for p in points if (r := point_record(out / "points" / p.name)) is not None]

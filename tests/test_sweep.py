@@ -1,0 +1,99 @@
+"""dpvr sweep: grid parsing, per-point folders, resume without retraining, locks, shards, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dpvr.sweep import SweepSettings, expand_grid, parse_grid, run_sweep
+from dpvr.sweep.grid import resolve_layer_list
+from dpvr.sweep.report import aggregate, write_report
+
+
+def test_grid_parsing_and_expansion():
+    grid = parse_grid(["split=2,3", "side_depth=1", "fusion_layers=[s+1,N-1];[N-1]", "lr=1e-3"])
+    assert grid == {"split": [2, 3], "side_depth": [1], "fusion_layers": ["[s+1,N-1]", "[N-1]"], "lr": [0.001]}
+    points = expand_grid(grid, ["lf"], [0, 1])
+    assert len(points) == 2 * 2 * 2
+    assert len({p.name for p in points}) == len(points)
+    p = points[0]
+    assert p.resolved_fusion_layers(num_layers=8) == [3, 7]
+    assert p.group == p.name.rsplit("_seed=", 1)[0]
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["split"], "not KEY=VALUES"),
+    (["depth=1"], "unknown grid axis 'depth'"),
+    (["split=a"], "grid axis 'split'"),
+    (["split=1", "split=2"], "given twice"),
+    (["fusion_layers=[s+x]"], "fusion_layers term"),
+    (["fusion_layers=5,6"], "bracketed list"),
+])
+def test_grid_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_grid(spec)
+
+
+def test_layer_list_needs_a_split_for_s():
+    with pytest.raises(ValueError, match="uses s"):
+        resolve_layer_list("[s+1]", split=None, num_layers=4)
+
+
+def fake_accuracy(model_dir, adapter_dir, settings):
+    """Stands in for the benchmark evaluation (tested on its own in test_eval): a number from the adapter."""
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    return {"pope": 50.0, "count": 25.0 + len(str(adapter_dir)) % 3, "overall": 40.0}
+
+
+def settings_for(tiny_dir, out, **kw):
+    return SweepSettings(out=str(out), model=str(tiny_dir / "model"), data=str(tiny_dir / "data" / "train.json"),
+                         benchmark=str(tiny_dir / "data"), families=["pope", "count"], eval_limit=4, max_steps=1,
+                         batch_size=4, **kw)
+
+
+def test_sweep_runs_resumes_and_reports(tiny_dir, tmp_path):
+    points = expand_grid(parse_grid(["split=1,2", "num_fusion_layers=1"]), ["lf"], [0, 1])
+    out = tmp_path / "sweep"
+    settings = settings_for(tiny_dir, out)
+    first = run_sweep(points[:2], settings, evaluate_fn=fake_accuracy, progress=False)
+    assert len(first) == 2
+    stamps = {p.name: os.path.getmtime(out / "points" / p.name / "point.json") for p in points[:2]}
+    calls = []
+    records = run_sweep(points, settings, evaluate_fn=lambda *a: calls.append(a) or fake_accuracy(*a), progress=False)
+    assert len(records) == len(points) and len(calls) == len(points) - 2  # finished points are not retrained
+    assert all(os.path.getmtime(out / "points" / n / "point.json") == t for n, t in stamps.items())
+    rec = records[0]
+    assert rec["dpvr_config"]["split"] == rec["settings"]["split"]
+    assert 0 < rec["flops_saving"] < 1 and rec["trainable_parameters"] > 0
+
+    report = write_report(records, out, suggested_split=2)
+    rows = aggregate(records)
+    assert len(rows) == 2 and all(r["seeds"] == [0, 1] for r in rows)
+    for name in ("table.json", "table.csv", "table.md", "accuracy_vs_split.png", "accuracy_vs_flops.png"):
+        assert (out / name).is_file(), name
+    assert "± " in report["markdown"]
+    assert json.loads((out / "table.json").read_text())["suggested_split"] == 2
+
+
+def test_locked_points_are_skipped_and_stale_locks_taken_over(tiny_dir, tmp_path):
+    points = expand_grid(parse_grid(["split=1,2"]), ["lf"], [0])
+    out = tmp_path / "sweep"
+    busy = out / "points" / points[0].name
+    busy.mkdir(parents=True)
+    (busy / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))  # a live holder
+    dead = out / "points" / points[1].name
+    dead.mkdir(parents=True)
+    (dead / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))  # no such process
+    records = run_sweep(points, settings_for(tiny_dir, out), evaluate_fn=fake_accuracy, progress=False)
+    assert [r["name"] for r in records] == [points[1].name]
+
+
+def test_shards_split_the_points(tiny_dir, tmp_path):
+    points = expand_grid(parse_grid(["split=1,2"]), ["lf"], [0])
+    out = tmp_path / "sweep"
+    done0 = run_sweep(points, settings_for(tiny_dir, out, shard=(0, 2)), evaluate_fn=fake_accuracy, progress=False)
+    assert [r["name"] for r in done0] == [points[0].name]
+    done1 = run_sweep(points, settings_for(tiny_dir, out, shard=(1, 2)), evaluate_fn=fake_accuracy, progress=False)
+    assert len(done1) == 2

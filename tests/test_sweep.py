@@ -97,3 +97,12 @@ def test_shards_split_the_points(tiny_dir, tmp_path):
     assert [r["name"] for r in done0] == [points[0].name]
     done1 = run_sweep(points, settings_for(tiny_dir, out, shard=(1, 2)), evaluate_fn=fake_accuracy, progress=False)
     assert len(done1) == 2
+
+
+def test_point_evaluation_goes_through_dpvr_eval(tiny_dir, tmp_path):
+    points = expand_grid(parse_grid(["split=2"]), ["lf"], [0])
+    records = run_sweep(points, settings_for(tiny_dir, tmp_path / "sweep", eval_limit=2), progress=False)
+    acc = records[0]["accuracy"]
+    assert set(acc) == {"pope", "count", "overall"}
+    assert all(0 <= v <= 100 for v in acc.values())
+    assert acc["overall"] == (acc["pope"] + acc["count"]) / 2

@@ -48,9 +48,10 @@ def fake_accuracy(model_dir, adapter_dir, settings):
 
 
 def settings_for(tiny_dir, out, **kw):
-    return SweepSettings(out=str(out), model=str(tiny_dir / "model"), data=str(tiny_dir / "data" / "train.json"),
-                         benchmark=str(tiny_dir / "data"), families=["pope", "count"], eval_limit=4, max_steps=1,
-                         batch_size=4, **kw)
+    defaults = dict(out=str(out), model=str(tiny_dir / "model"), data=str(tiny_dir / "data" / "train.json"),
+                    benchmark=str(tiny_dir / "data"), families=["pope", "count"], eval_limit=4, max_steps=1,
+                    batch_size=4)
+    return SweepSettings(**(defaults | kw))
 
 
 def test_sweep_runs_resumes_and_reports(tiny_dir, tmp_path):

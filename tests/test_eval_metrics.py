@@ -1,0 +1,112 @@
+"""Metrics: POPE figures on a hand-made case, option-letter parsing, circular evaluation, exact match."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpvr.evaluation.metrics import (
+    normalize_text,
+    parse_choice,
+    parse_yes_no,
+    pope_metrics,
+    rotate_choices,
+    score,
+    summarize,
+    summarize_family,
+)
+
+OPTIONS = ["circle", "square", "triangle", "star"]
+
+
+def _mc_record(answer="B", rid="q1", category="shape"):
+    question = "What shape is the red object?\nA. circle\nB. square\nC. triangle\nD. star\n" \
+               "Answer with the option's letter from the given choices directly."
+    return {"id": rid, "question": question, "answer": answer, "options": list(OPTIONS), "category": category}
+
+
+def test_pope_figures_by_hand():
+    # gold:  Y Y Y Y N N N N ; predictions: Y Y Y N Y N N (unparsed)
+    gold = ["yes"] * 4 + ["no"] * 4
+    pred = ["yes", "yes", "yes", "no", "yes", "no", "no", None]
+    m = pope_metrics(list(zip(pred, gold)))
+    # TP=3 FP=1 FN=1 TN=2, one unparsed (wrong, not a yes)
+    assert m["accuracy"] == 62.5
+    assert m["precision"] == 75.0 and m["recall"] == 75.0 and m["f1"] == 75.0
+    assert m["yes_ratio"] == 50.0
+    assert m["n"] == 8 and m["unparsed"] == 1
+
+
+def test_pope_per_category_and_overall():
+    rows = []
+    for cat, preds in [("random", ["Yes", "No"]), ("popular", ["Yes", "Yes"]), ("adversarial", ["No", "no."])]:
+        for gold, p in zip(["Yes", "No"], preds):
+            rec = {"id": f"{cat}-{gold}", "question": "Is there a star?", "answer": gold, "category": cat}
+            rows.append({**rec, **score(rec, p)})
+    fam = summarize_family(rows)
+    assert fam["kind"] == "yesno"
+    assert fam["categories"]["random"]["accuracy"] == 100.0
+    assert fam["categories"]["popular"] == {**fam["categories"]["popular"], "accuracy": 50.0, "precision": 50.0,
+                                            "recall": 100.0, "yes_ratio": 100.0}
+    assert fam["categories"]["adversarial"]["f1"] == 0.0  # never says yes: no true positive
+    assert fam["accuracy"] == pytest.approx(100 * 4 / 6, abs=0.01)
+    assert fam["n"] == 6
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Yes", "yes"), ("no", "no"), ("Yes, there is a red star.", "yes"), ("NO.", "no"),
+    ("There is no star.", "no"), ("I do not see one", "no"), ("yes yes", "yes"), ("maybe", None), ("", None),
+])
+def test_yes_no_parsing(text, expected):
+    assert parse_yes_no(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("B", "B"), ("b", "B"), ("B.", "B"), ("(B)", "B"), ("(B) square", "B"), ("B) square", "B"), ("B: square", "B"),
+    ("B. square", "B"), ("B square", "B"), ("square", "B"), ("Square.", "B"), ("The answer is B.", "B"),
+    ("Answer: (C)", "C"), ("It is a triangle.", "C"), ("A", "A"), ("a circle", "A"), (" D ", "D"),
+    ("E", None), ("hexagon", None), ("circle or square", None), ("", None),
+])
+def test_option_letter_parsing(text, expected):
+    assert parse_choice(text, OPTIONS) == expected
+
+
+def test_circular_rotation_moves_options_and_answer():
+    rec = _mc_record("B")
+    rotated = [rotate_choices(rec, k) for k in range(4)]
+    assert [r["answer"] for r in rotated] == ["B", "A", "D", "C"]
+    assert rotated[1]["options"] == ["square", "triangle", "star", "circle"]
+    assert "A. square\nB. triangle\nC. star\nD. circle" in rotated[1]["question"]
+    assert all(r["id"] == "q1" for r in rotated) and [r["rotation"] for r in rotated] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="list its options"):
+        rotate_choices({**rec, "question": "What shape?"}, 1)
+
+
+def test_circular_accuracy_needs_every_rotation():
+    rows = []
+    # q1 always answered with the square's letter: correct in every rotation; q2 always "A": right once.
+    for rid in ("q1", "q2"):
+        for k in range(4):
+            r = rotate_choices(_mc_record("B", rid), k)
+            pred = "square" if rid == "q1" else "A"
+            rows.append({**r, **score(r, pred)})
+    fam = summarize_family(rows)
+    assert fam["n"] == 2
+    assert fam["accuracy"] == 50.0
+    assert fam["accuracy_first_pass"] == 50.0  # rotation 0: q1 right, q2 wrong (gold B)
+
+
+def test_exact_match_normalization():
+    assert normalize_text("The Red.") == "red"
+    assert normalize_text("Two") == "2"
+    assert normalize_text(" light-blue ") == "light blue"
+    rec = {"id": "c", "question": "How many?", "answer": "3", "category": "objects"}
+    assert score(rec, "three")["correct"] and score(rec, "3.")["correct"]
+    assert not score(rec, "4")["correct"] and not score(rec, "33")["correct"]
+    assert score({**rec, "answer": "red"}, "Red")["kind"] == "short"
+
+
+def test_overall_summary_macro_and_micro():
+    fams = {"a": {"accuracy": 100.0, "n": 1}, "b": {"accuracy": 0.0, "n": 3}}
+    assert summarize(fams) == {"accuracy": 50.0, "accuracy_micro": 25.0, "n": 4, "families": 2}
+    with pytest.raises(ValueError):
+        summarize({})

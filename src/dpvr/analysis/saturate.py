@@ -354,7 +354,10 @@ def load_model_and_processor(model_path: str | Path | None, *, dtype: str = "aut
     path = Path(model_path)
     if not path.exists() and (str(model_path).startswith((".", "/")) or str(model_path).count("/") != 1):
         raise FileNotFoundError(f"model {model_path} not found (a local directory or a hub id owner/name)")
-    config = AutoConfig.from_pretrained(model_path)
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"cannot load a model config from {model_path}: {str(err).splitlines()[0]}") from None
     if getattr(config, "image_token_id", getattr(config, "image_token_index", None)) is None or \
             not hasattr(config, "text_config"):
         raise ValueError(f"{model_path} is not a LLaVA-style model (config {type(config).__name__} has no "

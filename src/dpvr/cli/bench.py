@@ -39,6 +39,7 @@ def _routing_args(p: argparse.ArgumentParser, methods_default: str, methods_help
                    help=f"comma-separated methods; vanilla is always included (default {methods_default}). {methods_help}")
     p.add_argument("--split", type=int, default=None, help="split layer s (default: the shape's usual split)")
     p.add_argument("--num-fusion-layers", type=int, default=None, help="lf: the last K layers fuse (default 1)")
+    p.add_argument("--fusion-layers", type=_int_list, default=None, help="lf: explicit fusion layers, e.g. 24,31")
     p.add_argument("--side-depth", type=int, default=1, help="D, side-branch layers (default 1)")
 
 
@@ -65,7 +66,6 @@ def add_parser(subparsers) -> None:
     f = modes.add_parser("flops", help="analytic prefill/decode FLOPs and KV-cache bytes of every method",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _routing_args(f, "lf,pc,kv,ideal,fastv,vtw", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw.")
-    f.add_argument("--fusion-layers", type=_int_list, default=None, help="lf: explicit fusion layers, e.g. 24,31")
     f.add_argument("--fastv-k", type=int, default=2, help="FastV: prune after layer k (default 2)")
     f.add_argument("--fastv-ratio", type=float, default=0.5, help="FastV: share of image tokens kept (default 0.5)")
     f.add_argument("--vtw-k", type=int, default=None, help="VTW: drop image tokens at layer k (default: the split)")
@@ -184,7 +184,8 @@ def run_latency(args: argparse.Namespace) -> int:
         text_tokens=args.text_tokens, batch_sizes=args.batch_sizes, new_tokens=args.new_tokens,
         system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device,
         threads=args.threads, attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory,
-        clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+        clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers,
+        fusion_layers=args.fusion_layers, side_depth=args.side_depth)
     report = measure_latency(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype} on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
           f"timing: {report['timing_method']}; memory: {report['memory_method']}")
@@ -205,7 +206,8 @@ def run_train(args: argparse.Namespace) -> int:
         text_tokens=args.text_tokens, batch_size=args.batch_size, system_tokens=args.system_tokens,
         warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device, threads=args.threads,
         attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory, clock=args.clock,
-        split=args.split, num_fusion_layers=args.num_fusion_layers, side_depth=args.side_depth)
+        split=args.split, num_fusion_layers=args.num_fusion_layers, fusion_layers=args.fusion_layers,
+        side_depth=args.side_depth)
     report = measure_training(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype}; timing: {report['timing_method']}; memory: {report['memory_method']}")
     print(format_train_table(report))

@@ -68,6 +68,7 @@ class TrainSettings:
     clock: str = "wall"
     split: int | None = None
     num_fusion_layers: int | None = None
+    fusion_layers: list[int] | None = None
     side_depth: int = 1
     extra: dict = field(default_factory=dict)
 
@@ -83,7 +84,7 @@ def _prepare(name: str, base, split: int, s: TrainSettings):
     if name in TRAIN_DPVR:
         import dpvr
 
-        fusion = {"num_fusion_layers": s.num_fusion_layers} if name == "lf" else {}
+        fusion = {"num_fusion_layers": s.num_fusion_layers, "fusion_layers": s.fusion_layers} if name == "lf" else {}
         model = dpvr.get_dpvr_model(base, DPVRConfig(variant=name, split=split, side_depth=s.side_depth, **fusion))
     elif name == "full":
         model = copy.deepcopy(base)
@@ -115,7 +116,7 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
     if device.type == "cpu" and s.threads:
         torch.set_num_threads(s.threads)
     split = s.split if s.split is not None else default_split(cfg)
-    DPVRConfig(variant="lf", split=split, num_fusion_layers=s.num_fusion_layers,
+    DPVRConfig(variant="lf", split=split, num_fusion_layers=s.num_fusion_layers, fusion_layers=s.fusion_layers,
                side_depth=s.side_depth).resolve(cfg.text_config.num_hidden_layers)
 
     base = build_random_model(cfg, dtype, device, s.attn, s.seed)

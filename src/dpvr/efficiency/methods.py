@@ -64,7 +64,7 @@ class Method:
             c = self.dpvr
             fusion = ""
             if self.name == "lf":
-                fusion = f",F={c.fusion_layers}" if c.fusion_layers else f",K={c.num_fusion_layers or 1}"
+                fusion = f",F=[{','.join(map(str, c.fusion_layers))}]" if c.fusion_layers else f",K={c.num_fusion_layers or 1}"
             return f"{self.name}(s={c.split}{fusion},D={c.side_depth})"
         if self.options:
             return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in self.options.items()) + ")"

@@ -1,0 +1,96 @@
+"""The lmms-eval plugin (extra `dpvr[eval]`): entry point, same figures as `dpvr eval`, multi-round, loglikelihood.
+
+Skipped unless lmms-eval is installed; CI runs it in a separate environment (see the report of issue 5).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+lmms_eval = pytest.importorskip("lmms_eval")
+
+import evalkit  # noqa: E402
+from dpvr.evaluation import EvalSettings, run_eval  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return evalkit.build(tmp_path_factory.mktemp("lmmstiny"))
+
+
+def test_entry_point_registers_the_dpvr_model():
+    from lmms_eval.models import get_model
+
+    from dpvr.lmms_eval_plugin.model import DPVRLmms
+
+    assert get_model("dpvr") is DPVRLmms
+
+
+def test_lmms_eval_gives_the_figures_of_dpvr_eval(tiny, tmp_path, monkeypatch):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from dpvr.lmms_eval_plugin import TASKS_DIR
+
+    monkeypatch.setenv("DPVR_BENCHMARK", str(tiny / "data"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = TaskManager("WARNING", include_path=str(TASKS_DIR), include_defaults=False)
+    got = simple_evaluate(model="dpvr", model_args=f"pretrained={tiny / 'model'},method=vanilla",
+                          tasks=["dpvr_pope", "dpvr_mc"], batch_size=4, device="cpu", limit=6,
+                          gen_kwargs="max_new_tokens=1", task_manager=tasks, log_samples=True, verbosity="WARNING")
+    want = run_eval(["vanilla"], out=tmp_path / "ours", model=str(tiny / "model"),
+                    settings=EvalSettings(benchmark=str(tiny / "data"), families=["pope", "mc"], limit=6,
+                                          batch_size=4, max_new_tokens=1, progress=False))
+    ours = want["methods"]["vanilla"]["families"]
+    for metric in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        assert got["results"]["dpvr_pope"][f"{metric},none"] == pytest.approx(ours["pope"][metric]), metric
+    assert got["results"]["dpvr_mc"]["accuracy,none"] == pytest.approx(ours["mc"]["accuracy"])
+    # and the same answer to every question
+    rows = [json.loads(line) for line in (tmp_path / "ours" / "predictions" / "vanilla.jsonl").read_text().splitlines()]
+    theirs = [s["filtered_resps"][0] for task in ("dpvr_pope", "dpvr_mc")
+              for s in sorted(got["samples"][task], key=lambda s: s["doc_id"])]
+    assert theirs == [r["prediction"].strip() for r in rows]
+
+
+def _requests(*args_tuples):
+    return [SimpleNamespace(args=a) for a in args_tuples]
+
+
+def test_multi_round_and_loglikelihood(tiny):
+    from PIL import Image
+
+    from dpvr.lmms_eval_plugin.model import DPVRLmms
+
+    records = [json.loads(line) for line in (tiny / "data" / "pope.jsonl").read_text().splitlines()[:3]]
+    docs = [{"question": r["question"], "image": str(tiny / "data" / r["image"])} for r in records]
+    lm = DPVRLmms(pretrained=str(tiny / "model"), method="vanilla", batch_size=2, max_new_tokens=1)
+    lm.task_dict = {"t": {"test": docs}}
+
+    def visual(doc):
+        return [Image.open(doc["image"]).convert("RGB")]
+
+    def follow_up(doc, previous_output, round_idx, previous_round_info):
+        if round_idx == 1:  # ask again, text only, and remember the first answer
+            return [], f"You said {previous_output[0]}. Is that right?", False, None, {"first": previous_output[0]}
+        return None, None, True, None, None
+
+    gen = {"max_new_tokens": 1}
+    single = lm.generate_until(_requests(*[(d["question"], dict(gen), visual, i, "t", "test") for i, d in enumerate(docs)]))
+    assert set(single) <= {"Yes", "No"}
+    multi = lm.generate_until_multi_round(
+        _requests(*[(d["question"], dict(gen), visual, follow_up, i, "t", "test") for i, d in enumerate(docs)]))
+    assert [len(rounds) for rounds in multi] == [2, 2, 2]
+    assert [rounds[0] for rounds in multi] == single  # round 0 is the plain answer
+    # loglikelihood agrees with greedy generation: the generated answer is the greedy continuation and the likelier one
+    other = {"Yes": "No", "No": "Yes"}
+    lls = lm.loglikelihood(_requests(*[(d["question"], cont, visual, i, "t", "test")
+                                       for i, d in enumerate(docs) for cont in (single[i], other[single[i]])]))
+    for i in range(len(docs)):
+        (lp_gen, greedy_gen), (lp_other, greedy_other) = lls[2 * i], lls[2 * i + 1]
+        assert greedy_gen and not greedy_other
+        assert lp_gen > lp_other

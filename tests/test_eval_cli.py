@@ -22,7 +22,7 @@ def tiny(tmp_path_factory) -> Path:
 
 def _eval(tiny: Path, out: Path, *methods: str, extra=()) -> int:
     args = ["eval", "--model", str(tiny / "model"), "--benchmark", str(tiny / "data"), "--out", str(out),
-            "--max-new-tokens", "1", "--quiet"]
+            "--max-new-tokens", "1", "--device", "cpu", "--quiet"]
     for m in methods:
         args += ["--method", m]
     return main(args + list(extra))
@@ -86,7 +86,7 @@ def test_every_method_kind_on_one_base(tiny, tmp_path):
     methods = ["vanilla", f"lf=adapter:{paths['lf']}", f"lf+fastv=adapter:{paths['lf']},fastv_k=1,fastv_ratio=0.5",
                f"lora:{paths['lora']}", "again=vanilla", f"full:{paths['full']}", "fastv:k=1,ratio=0.5"]
     settings = EvalSettings(benchmark=str(tiny / "data"), families=["pope", "mc"], limit=4, max_new_tokens=1,
-                            circular=True, progress=False)
+                            circular=True, device="cpu", progress=False)
     results = run_eval(methods, out=tmp_path / "out", model=str(tiny / "model"), settings=settings)
     m = results["methods"]
     assert list(m) == ["vanilla", "lf", "lf+fastv", "lora(lora)", "again", "full(full)", "fastv(k=1,ratio=0.5)"]
@@ -105,7 +105,8 @@ def test_every_method_kind_on_one_base(tiny, tmp_path):
 def test_a_crash_leaves_no_partial_results(tiny, tmp_path, monkeypatch):
     import dpvr.evaluation.runner as runner
 
-    settings = EvalSettings(benchmark=str(tiny / "data"), families=["pope"], limit=3, max_new_tokens=1, progress=False)
+    settings = EvalSettings(benchmark=str(tiny / "data"), families=["pope"], limit=3, max_new_tokens=1, device="cpu",
+                            progress=False)
     out = tmp_path / "out"
     run_eval(["vanilla"], out=out, model=str(tiny / "model"), settings=settings)
     before = (out / "results.json").read_text()
@@ -160,7 +161,7 @@ def test_bad_input_is_a_clear_error(tiny, tmp_path, capsys):
     for name, (bench, extra, message) in cases.items():
         out = tmp_path / f"out-{name.replace(' ', '-')}"
         assert main(["eval", "--model", str(tiny / "model"), "--benchmark", str(bench), "--method", "vanilla",
-                     "--out", str(out), "--quiet", *extra]) == 2, name
+                     "--out", str(out), "--device", "cpu", "--quiet", *extra]) == 2, name
         err = capsys.readouterr().err
         assert __import__("re").search(message, err), (name, err)
         assert not (out / "results.json").exists()
@@ -186,3 +187,29 @@ def test_help_documents_the_method_grammar(capsys):
     for piece in ("[LABEL=]adapter:PATH", "lora:PATH", "full:PATH", "fastv[:k=K][,ratio=R]", "vtw:k=K", "--blind",
                   "--circular"):
         assert piece in text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eval_on_cuda(tiny, tmp_path):
+    """bf16 on the GPU for every kind of method; fp32 on the GPU: batch size changes nothing, answers as on the CPU."""
+    paths = _trained_like_artifacts(tiny, tmp_path)
+    methods = ["vanilla", f"lf=adapter:{paths['lf']}", f"lf+fastv=adapter:{paths['lf']},fastv_k=1",
+               f"lora:{paths['lora']}", f"full:{paths['full']}", "fastv:k=1,ratio=0.5", "vtw:k=2"]
+    common = dict(benchmark=str(tiny / "data"), families=["pope", "spatial"], max_new_tokens=1, progress=False)
+    bf16 = run_eval(methods, out=tmp_path / "bf16", model=str(tiny / "model"),
+                    settings=EvalSettings(device="cuda", dtype="bfloat16", blind="also", batch_size=4, **common))
+    assert bf16["settings"]["device"].startswith("cuda") and bf16["settings"]["dtype"] == "bfloat16"
+    assert len(bf16["methods"]) == 2 * len(methods)
+    for label in ("vanilla", "lf", "vtw(k=2)"):
+        rows = (tmp_path / "bf16" / bf16["methods"][label]["predictions"]).read_text().splitlines()
+        assert all(json.loads(r)["parsed"] in ("yes", "no") for r in rows), label
+    runs = {}
+    for device, batch in (("cuda", 1), ("cuda", 6), ("cpu", 6)):
+        out = tmp_path / f"{device}{batch}"
+        run_eval(["vanilla", f"lf=adapter:{paths['lf']}"], out=out, model=str(tiny / "model"),
+                 settings=EvalSettings(device=device, dtype="float32", batch_size=batch, **common))
+        runs[device, batch] = [r["prediction"] for m in ("vanilla", "lf") for r in _predictions(out, m)]
+    assert runs["cuda", 1] == runs["cuda", 6]
+    agree = sum(a == b for a, b in zip(runs["cuda", 6], runs["cpu", 6])) / len(runs["cpu", 6])
+    assert agree >= 0.9, agree

@@ -45,7 +45,7 @@ def test_lmms_eval_gives_the_figures_of_dpvr_eval(tiny, tmp_path, monkeypatch):
                           gen_kwargs="max_new_tokens=1", task_manager=tasks, log_samples=True, verbosity="WARNING")
     want = run_eval(["vanilla"], out=tmp_path / "ours", model=str(tiny / "model"),
                     settings=EvalSettings(benchmark=str(tiny / "data"), families=["pope", "mc"], limit=6,
-                                          batch_size=4, max_new_tokens=1, progress=False))
+                                          batch_size=4, max_new_tokens=1, device="cpu", progress=False))
     ours = want["methods"]["vanilla"]["families"]
     for metric in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
         assert got["results"]["dpvr_pope"][f"{metric},none"] == pytest.approx(ours["pope"][metric]), metric
@@ -68,7 +68,7 @@ def test_multi_round_and_loglikelihood(tiny):
 
     records = [json.loads(line) for line in (tiny / "data" / "pope.jsonl").read_text().splitlines()[:3]]
     docs = [{"question": r["question"], "image": str(tiny / "data" / r["image"])} for r in records]
-    lm = DPVRLmms(pretrained=str(tiny / "model"), method="vanilla", batch_size=2, max_new_tokens=1)
+    lm = DPVRLmms(pretrained=str(tiny / "model"), method="vanilla", batch_size=2, max_new_tokens=1, device="cpu")
     lm.task_dict = {"t": {"test": docs}}
 
     def visual(doc):

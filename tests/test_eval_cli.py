@@ -213,3 +213,21 @@ def test_eval_on_cuda(tiny, tmp_path):
     assert runs["cuda", 1] == runs["cuda", 6]
     agree = sum(a == b for a, b in zip(runs["cuda", 6], runs["cpu", 6])) / len(runs["cpu", 6])
     assert agree >= 0.9, agree
+
+
+def test_accuracy_report_for_the_tiny_build_matches_run_eval(tiny, tmp_path):
+    from dpvr.evaluation import accuracy_report
+    from dpvr.evaluation.loading import load_base
+
+    settings = EvalSettings(benchmark=str(tiny / "data"), families=["pope", "count"], limit=6, max_new_tokens=1,
+                            batch_size=3, device="cpu", progress=False)
+    results = run_eval(["vanilla"], out=tmp_path / "out", model=str(tiny / "model"), settings=settings)
+    model, processor, _ = load_base(str(tiny / "model"), device="cpu")
+    rows: list = []
+    report = accuracy_report(model, processor, tiny / "data", ["pope", "count"], limit=6, batch_size=3,
+                             max_new_tokens=1, progress=False, predictions=rows)
+    fams = results["methods"]["vanilla"]["families"]
+    assert report["pope"] == {"accuracy": fams["pope"]["accuracy"], "n": 6, "chance": 50.0,
+                              "categories": {c: v["accuracy"] for c, v in fams["pope"]["categories"].items()},
+                              "yes_ratio": fams["pope"]["yes_ratio"]}
+    assert report["count"]["accuracy"] == fams["count"]["accuracy"] and len(rows) == 12

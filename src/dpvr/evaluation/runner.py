@@ -143,6 +143,31 @@ def evaluate_model(model, processor, records_by_family: dict[str, list[dict]], r
     return families, rows
 
 
+def accuracy_report(model, processor, root: str | Path, families=None, *, blind: bool = False,
+                    limit: int | None = None, batch_size: int = 32, max_new_tokens: int = 6, progress: bool = True,
+                    predictions: list | None = None) -> dict:
+    """Per-family accuracy of one loaded model, in the shape of the tiny build's report.
+
+    Returns ``{family: {"accuracy", "n", "chance", "categories": {cat: accuracy}, ["yes_ratio"]}}`` (percent);
+    with ``predictions`` a list, one row per question is appended to it. The figures are
+    :func:`evaluate_model`'s (same parsing and metrics as ``dpvr eval``).
+    """
+    records = load_records(root, families, limit, check_images=not blind)
+    fams, rows = evaluate_model(model, processor, records, root, blind=blind, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, progress=progress)
+    if predictions is not None:
+        predictions += rows
+    chance = _chance(list(fams))
+    report = {}
+    for fam, f in fams.items():
+        entry = {"accuracy": f["accuracy"], "n": f["n"], "chance": chance.get(fam),
+                 "categories": {c: v["accuracy"] for c, v in f.get("categories", {}).items()}}
+        if "yes_ratio" in f:
+            entry["yes_ratio"] = f["yes_ratio"]
+        report[fam] = entry
+    return report
+
+
 def load_records(root: str | Path, families: list[str] | None = None, limit: int | None = None,
                  circular: bool = False, check_images: bool = True) -> dict[str, list[dict]]:
     """Validated records per family (all of ``root``'s families by default), expanded for circular mode."""
@@ -245,7 +270,7 @@ def run_eval(methods: list[str | MethodSpec], out: str | Path, model: str | Path
         for spec in specs:
             with load_method(spec, base, processor) as loaded:
                 for blind in blind_runs:
-                    label = spec.label + (BLIND_SUFFIX if blind and settings.blind == "also" else "")
+                    label = spec.label + (BLIND_SUFFIX if blind else "")
                     torch.manual_seed(settings.seed)
                     start = time.perf_counter()
                     fams, rows = evaluate_model(loaded.model, loaded.processor, records, root, blind=blind,

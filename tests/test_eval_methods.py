@@ -64,3 +64,30 @@ def test_labels_must_be_unique():
     with pytest.raises(ValueError, match="share the label 'vanilla'"):
         parse_methods(["vanilla", "base"])
     assert [s.label for s in parse_methods(["vanilla", "again=base"])] == ["vanilla", "again"]
+
+
+def test_lmms_eval_model_args_map_to_specs():
+    from dpvr.lmms_eval_plugin.args import method_spec_from_args
+
+    assert method_spec_from_args().kind == "vanilla"
+    s = method_spec_from_args(adapter="runs/lf/adapter", fastv_k=2, fastv_ratio=0.5)
+    assert (s.kind, s.path, s.options) == ("adapter", "runs/lf/adapter", {"fastv_k": 2, "fastv_ratio": 0.5})
+    assert method_spec_from_args(method="vtw;k=4").options == {"k": 4}
+    assert method_spec_from_args(method="fastv;k=2;ratio=0.25").options == {"k": 2, "ratio": 0.25}
+    assert method_spec_from_args(method="'fastv:k=3,ratio=0.5'").options == {"k": 3, "ratio": 0.5}
+    assert method_spec_from_args(method="adapter:x/adapter;fastv_k=1").options == {"fastv_k": 1}
+    with pytest.raises(ValueError, match="either adapter=PATH or method=SPEC"):
+        method_spec_from_args(method="vanilla", adapter="x")
+    with pytest.raises(ValueError, match="pass adapter=PATH too"):
+        method_spec_from_args(fastv_k=2)
+
+
+def test_lmms_eval_context_places_images():
+    from dpvr.lmms_eval_plugin.args import context_to_messages
+
+    [turn] = context_to_messages("What is it?", 2)
+    assert [c["type"] for c in turn["content"]] == ["image", "image", "text"]
+    [turn] = context_to_messages("First <image> then <image> which?", 2)
+    assert [c.get("text", c["type"]) for c in turn["content"]] == ["First", "image", "then", "image", "which?"]
+    [turn] = context_to_messages("<image> stray", 0)
+    assert turn["content"] == [{"type": "text", "text": "stray"}]

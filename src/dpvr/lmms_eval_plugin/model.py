@@ -18,46 +18,7 @@ from tqdm.auto import tqdm
 
 from dpvr.evaluation.generation import Prompt, blank_image, generate, loglikelihoods, truncate_at
 from dpvr.evaluation.loading import load_base, load_method
-from dpvr.evaluation.methods import parse_method
-
-_GREEDY_KEYS = ("temperature", "top_p", "top_k", "num_beams", "do_sample")
-
-
-def _strip_quotes(value):
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
-def method_spec_from_args(method=None, adapter=None, fastv_k=None, fastv_ratio=None):
-    """The :class:`MethodSpec` the model args describe (``method`` may use ``;`` for its commas)."""
-    method = _strip_quotes(method)
-    if adapter is not None:
-        if method not in (None, "adapter"):
-            raise ValueError(f"give either adapter=PATH or method=SPEC, not both (got method={method!r}, adapter={adapter!r})")
-        extra = "".join(f",{k}={v}" for k, v in (("fastv_k", fastv_k), ("fastv_ratio", fastv_ratio)) if v is not None)
-        return parse_method(f"adapter:{_strip_quotes(adapter)}{extra}")
-    if fastv_k is not None or fastv_ratio is not None:
-        raise ValueError("fastv_k / fastv_ratio compose FastV with a DPVR adapter: pass adapter=PATH too "
-                         "(or method=fastv;k=K;ratio=R for FastV alone)")
-    text = str(method or "vanilla").replace(";", ",")
-    if text.startswith("fastv,"):  # fastv;k=2;ratio=0.5 -> fastv:k=2,ratio=0.5
-        text = "fastv:" + text[len("fastv,"):]
-    return parse_method(text)
-
-
-def context_to_messages(context: str, num_images: int, image_token: str = "<image>") -> list[dict]:
-    """One user turn: the images where the context places ``<image>`` (if it places all of them), else before it."""
-    if num_images and context.count(image_token) == num_images:
-        content = []
-        for i, piece in enumerate(context.split(image_token)):
-            if i:
-                content.append({"type": "image"})
-            if piece.strip():
-                content.append({"type": "text", "text": piece.strip()})
-        return [{"role": "user", "content": content}]
-    text = context.replace(image_token, "").strip()
-    return [{"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": text}]}]
+from dpvr.lmms_eval_plugin.args import context_to_messages, method_spec_from_args, strip_quotes
 
 
 class DPVRLmms(lmms):
@@ -78,7 +39,7 @@ class DPVRLmms(lmms):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.max_new_tokens = int(max_new_tokens)
         self.blind = bool(blind)
-        base, processor, path = load_base(_strip_quotes(pretrained), dtype=str(dtype),
+        base, processor, path = load_base(strip_quotes(pretrained), dtype=str(dtype),
                                           device=str(device) if device else "auto",
                                           attn_implementation=attn_implementation)
         self.pretrained = path

@@ -26,14 +26,14 @@ def test_bench_flops_cli(tmp_path, capsys):
 
 @needs_engine
 def test_bench_latency_cli_tiny(tmp_path):
-    args = ["bench", "latency", "--config", "tiny", "--methods", "lf,kv", "--text-tokens", "8", "--new-tokens", "2",
+    args = ["bench", "latency", "--config", "tiny", "--methods", "lf,kv,fastv,vtw", "--text-tokens", "8", "--new-tokens", "2",
             "--warmup", "0", "--repeats", "1", "--threads", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path)]
     assert main(args) == 0
     report = json.loads((tmp_path / "latency.json").read_text())
     assert (tmp_path / "latency.png").stat().st_size > 0
     assert report["skipped"] == []
     rows = {r["method"]: r for r in report["results"]}
-    assert set(rows) == {"vanilla", "lf", "kv"}
+    assert set(rows) == {"vanilla", "lf", "kv", "fastv", "vtw"}
     for r in rows.values():
         assert r["prefill_s"]["n"] == 1 and r["decode_s_per_token"]["median"] > 0
         assert r["peak_prefill_bytes"] > 0

@@ -43,6 +43,12 @@ def _routing_args(p: argparse.ArgumentParser, methods_default: str, methods_help
     p.add_argument("--side-depth", type=int, default=1, help="D, side-branch layers (default 1)")
 
 
+def _peer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fastv-k", type=int, default=2, help="FastV: layers k.. see only the kept image tokens (default 2)")
+    p.add_argument("--fastv-ratio", type=float, default=0.5, help="FastV: share of image tokens kept (default 0.5)")
+    p.add_argument("--vtw-k", type=int, default=None, help="VTW: image tokens withdrawn from layer k on (default: the split)")
+
+
 def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -66,9 +72,7 @@ def add_parser(subparsers) -> None:
     f = modes.add_parser("flops", help="analytic prefill/decode FLOPs and KV-cache bytes of every method",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _routing_args(f, "lf,pc,kv,ideal,fastv,vtw", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw.")
-    f.add_argument("--fastv-k", type=int, default=2, help="FastV: prune after layer k (default 2)")
-    f.add_argument("--fastv-ratio", type=float, default=0.5, help="FastV: share of image tokens kept (default 0.5)")
-    f.add_argument("--vtw-k", type=int, default=None, help="VTW: drop image tokens at layer k (default: the split)")
+    _peer_args(f)
     f.add_argument("--text-tokens", type=_int_list, default=[64, 128, 256, 512],
                    help="text lengths, comma-separated (default 64,128,256,512)")
     f.add_argument("--system-tokens", type=int, default=35, help="tokens before the image (default 35)")
@@ -84,7 +88,8 @@ def add_parser(subparsers) -> None:
 
     lat = modes.add_parser("latency", help="measured prefill, cached decode, peak memory, KV-cache bytes vs vanilla",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _routing_args(lat, "lf,pc,kv,ideal", "Known: vanilla, lf, pc, kv, ideal (peers once the engine has them).")
+    _routing_args(lat, "lf,pc,kv,ideal", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw.")
+    _peer_args(lat)
     lat.add_argument("--text-tokens", type=_int_list, default=[64, 128], help="text lengths (default 64,128)")
     lat.add_argument("--batch-sizes", type=_int_list, default=[1], help="batch sizes (default 1)")
     lat.add_argument("--new-tokens", type=int, default=8, help="cached decode steps per run (default 8; 0 = none)")
@@ -185,7 +190,8 @@ def run_latency(args: argparse.Namespace) -> int:
         system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device,
         threads=args.threads, attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory,
         clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers,
-        fusion_layers=args.fusion_layers, side_depth=args.side_depth)
+        fusion_layers=args.fusion_layers, side_depth=args.side_depth, fastv_k=args.fastv_k,
+        fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k)
     report = measure_latency(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype} on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
           f"timing: {report['timing_method']}; memory: {report['memory_method']}")

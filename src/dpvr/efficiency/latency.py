@@ -8,8 +8,8 @@ Run it as ``dpvr bench latency --config cpu-mid --threads 2`` or from Python::
 How it measures (SPEC §9):
 
 * one random-weight ``LlavaForConditionalGeneration`` of the shape (no download), seeded; each
-  method wraps that same base (DPVR variants through ``dpvr.get_dpvr_model``); vanilla is the
-  unwrapped HF model;
+  method wraps that same base through ``dpvr.get_dpvr_model`` (the DPVR variants and the peers
+  FastV and VTW, which the engine runs as ``DPVRConfig`` variants); vanilla is the unwrapped HF model;
 * per (batch size, text length): ``warmup`` untimed rounds, then ``repeats`` rounds; in every round
   each method runs once — prefill, then ``new_tokens`` cached decode steps with a fixed,
   pre-drawn token sequence (the same work for every method) — and the method order rotates from
@@ -22,9 +22,9 @@ How it measures (SPEC §9):
   level live-tensor tracker on CPU, in a separate untimed pass); KV-cache bytes: the sum of the
   key/value tensors the cache holds after prefill.
 
-To add a method (e.g. a peer such as FastV), add it to :mod:`dpvr.efficiency.methods` and register
-a builder ``(base_model, Method) -> model`` in :data:`MODEL_BUILDERS`; methods without a builder
-are reported as skipped, with the reason.
+To add a method, add it to :mod:`dpvr.efficiency.methods` (its analytic schedule) and register a
+builder ``(base_model, Method) -> model`` in :data:`MODEL_BUILDERS`; methods without a builder are
+reported as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _build_dpvr(base: torch.nn.Module, method: Method) -> torch.nn.Module:
 
 # name -> builder(base_model, method) -> model with the HF call convention (see ModelRunner).
 MODEL_BUILDERS: dict[str, Callable[[torch.nn.Module, Method], torch.nn.Module]] = {
-    name: _build_dpvr for name in ("vanilla", "lf", "pc", "kv", "ideal")
+    name: _build_dpvr for name in ("vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw")
 }
 
 
@@ -233,6 +233,9 @@ class LatencySettings:
     num_fusion_layers: int | None = None
     fusion_layers: list[int] | None = None
     side_depth: int = 1
+    fastv_k: int = 2
+    fastv_ratio: float = 0.5
+    vtw_k: int | None = None  # default: the split
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -275,7 +278,8 @@ def measure_latency(
         torch.set_num_threads(s.threads)
     n_layers = cfg.text_config.num_hidden_layers
     split = s.split if s.split is not None else default_split(cfg)
-    methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth)
+    methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth,
+                           s.fastv_k, s.fastv_ratio, s.vtw_k)
     dims = ShapeDims.from_config(cfg)
 
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)

@@ -46,8 +46,9 @@ DESCRIPTIONS = {
 class Method:
     """One method to benchmark: a name from :data:`METHODS` and its settings.
 
-    ``dpvr`` holds the :class:`DPVRConfig` of the DPVR variants; ``options`` the settings of a peer
-    (``k`` and ``ratio`` for FastV, ``k`` for VTW).
+    ``dpvr`` holds the :class:`DPVRConfig` the engine runs it with (the peers are engine variants
+    too); ``options`` the settings of a peer (``k`` and ``ratio`` for FastV, ``k`` for VTW), which
+    its analytic schedule reads.
     """
 
     name: str
@@ -60,14 +61,14 @@ class Method:
 
     @property
     def label(self) -> str:
+        if self.is_peer:
+            return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in self.options.items()) + ")"
         if self.dpvr is not None and self.name != "vanilla":
             c = self.dpvr
             fusion = ""
             if self.name == "lf":
                 fusion = f",F=[{','.join(map(str, c.fusion_layers))}]" if c.fusion_layers else f",K={c.num_fusion_layers or 1}"
             return f"{self.name}(s={c.split}{fusion},D={c.side_depth})"
-        if self.options:
-            return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in self.options.items()) + ")"
         return self.name
 
     @property
@@ -105,12 +106,13 @@ def make_methods(
                 raise ValueError(f"fastv k={fastv_k} must lie in 1..{num_layers - 1}")
             if not 0.0 <= fastv_ratio <= 1.0:
                 raise ValueError(f"fastv ratio={fastv_ratio} must lie in [0, 1] (the share of image tokens kept)")
-            m = Method("fastv", options={"k": fastv_k, "ratio": fastv_ratio})
+            m = Method("fastv", DPVRConfig(variant="fastv", fastv_k=fastv_k, fastv_ratio=fastv_ratio),
+                       options={"k": fastv_k, "ratio": fastv_ratio})
         else:  # vtw
             k = split if vtw_k is None else vtw_k
             if not 1 <= k < num_layers:
                 raise ValueError(f"vtw k={k} must lie in 1..{num_layers - 1}")
-            m = Method("vtw", options={"k": k})
+            m = Method("vtw", DPVRConfig(variant="vtw", split=k), options={"k": k})
         if m.dpvr is not None:
             m.dpvr.resolve(num_layers)  # raises the config's own clear errors now, not mid-benchmark
         methods.append(m)
@@ -163,7 +165,7 @@ def schedule(method: Method, is_image: np.ndarray, num_layers: int) -> Schedule:
     text = ~is_image
     full = LayerWork(every, every, every)
     text_only = LayerWork(text, text, text)
-    if method.dpvr is not None:
+    if not method.is_peer:
         plan = method.dpvr.resolve(num_layers)
         by_mode = {"full": full, "fuse": full, "text": text_only, "kv": LayerWork(text, every, every)}
         layers = [by_mode[m] for m in plan.modes]
@@ -173,6 +175,7 @@ def schedule(method: Method, is_image: np.ndarray, num_layers: int) -> Schedule:
             prefix = np.arange(len(is_image)) <= np.flatnonzero(is_image)[-1]
             side = [LayerWork(prefix, prefix, prefix)] * plan.side_depth
         return Schedule(layers, side)
+    # Peers. FastV's ranking (one layer's attention scores for the last query) is not counted.
     k = method.options["k"]
     if method.name == "fastv":
         kept = text | _kept_image_positions(is_image, method.options["ratio"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 
 def add_parser(subparsers) -> None:
@@ -15,15 +16,23 @@ def add_parser(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same weights on one machine")
     b.add_argument("--quick", action="store_true", help="~1-minute smoke version (tiny data, few steps)")
     b.add_argument("--data", default=None, help="use this generated dataset instead of generating one")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the config's; weights are reproducible for a fixed count)")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
+    e = sub.add_parser("export", help="copy a build's checkpoint into the package (the embedded default)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("build_dir", help="output folder of `dpvr tiny build`")
+    e.add_argument("--dest", default=None, help="destination (default: the dpvr.embedded checkpoint folder)")
+    e.set_defaults(func=_export)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def _command(args) -> list[str]:
     cmd = ["dpvr", "tiny", "build", "--out", str(args.out), "--seed", str(args.seed)]
     cmd += ["--quick"] * args.quick + (["--data", str(args.data)] if args.data else [])
+    cmd += ["--threads", str(args.threads)] if args.threads is not None else []
     return cmd + ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
 
 
@@ -33,6 +42,10 @@ def _build(args) -> int:
     from dpvr.tiny.report import format_results
 
     cfg = BuildConfig.quick(args.seed) if args.quick else BuildConfig.full(args.seed)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        cfg = replace(cfg, threads=args.threads)
     try:
         info = build(args.out, cfg, data_dir=args.data, overwrite=args.overwrite, progress=not args.quiet,
                      command=_command(args))
@@ -40,4 +53,14 @@ def _build(args) -> int:
         raise UserError(str(err)) from None
     print(format_results(info["results"]))
     print(f"checkpoint: {args.out} ({info['wall_time_s']:.0f} s)")
+    return 0
+
+
+def _export(args) -> int:
+    from dpvr import embedded
+    from dpvr.tiny.build import export_checkpoint
+
+    dest = args.dest or embedded.PATH
+    names = export_checkpoint(args.build_dir, dest)
+    print(f"copied {len(names)} files to {dest}")
     return 0

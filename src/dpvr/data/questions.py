@@ -130,11 +130,19 @@ MIN_GAP = 16  # pixels between centres along the asked axis
 
 
 def _relation_holds(a: Shape, b: Shape, relation: str) -> bool | None:
+    """Whether ``a`` is ``relation`` ``b``; None when the question would be ambiguous.
+
+    Asked only when the two centres are at least ``MIN_GAP`` apart along the axis and on
+    opposite halves of the image, so the answer is unambiguous at a glance.
+    """
+    from dpvr.data.scenes import IMAGE_SIZE
+
     axis, sign = SPATIAL_RELATIONS[relation]
-    d = (a.cx - b.cx) if axis == "horizontal" else (a.cy - b.cy)
-    if abs(d) < MIN_GAP:
+    ca, cb = (a.cx, b.cx) if axis == "horizontal" else (a.cy, b.cy)
+    half = IMAGE_SIZE / 2
+    if abs(ca - cb) < MIN_GAP or (ca - half) * (cb - half) >= 0:
         return None
-    return (d * sign) > 0
+    return ((ca - cb) * sign) > 0
 
 
 def ask_spatial(rng: random.Random, scene: list[Shape], answer: bool | None = None) -> QA | None:

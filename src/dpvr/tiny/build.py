@@ -45,6 +45,7 @@ class StageConfig:
     batch: int  # images per batch (CLIP) or tokens per batch (LM stages)
     warmup: int = 50
     weight_decay: float = 0.0
+    vision_lr_scale: float = 0.0  # LM stages: > 0 trains the vision tower too, at this fraction of lr
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,11 @@ class BuildConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     arch: TinyArch = field(default_factory=TinyArch)
-    clip: StageConfig = StageConfig(steps=600, lr=1e-3, batch=256, warmup=50, weight_decay=0.1)
-    align: StageConfig = StageConfig(steps=600, lr=1e-3, batch=4096, warmup=50)
-    instruct: StageConfig = StageConfig(steps=3000, lr=5e-4, batch=4096, warmup=100)
+    clip: StageConfig = StageConfig(steps=500, lr=1e-3, batch=64, warmup=30, weight_decay=0.1)
+    align: StageConfig = StageConfig(steps=250, lr=1e-3, batch=2048, warmup=30, vision_lr_scale=0.3)
+    instruct: StageConfig = StageConfig(steps=1000, lr=1e-3, batch=2048, warmup=50, vision_lr_scale=0.3)
     eval_limit: int | None = None  # items per family (None: all)
+    blind_eval_limit: int | None = 120  # items per family for the blank-image run
     threads: int = 2
 
     @classmethod
@@ -69,8 +71,8 @@ class BuildConfig:
             seed=seed, data=DataConfig(seed=seed, num_train=120, num_test_per_family=6),
             clip=StageConfig(steps=4, lr=1e-3, batch=32, warmup=2, weight_decay=0.1),
             align=StageConfig(steps=4, lr=1e-3, batch=1024, warmup=2),
-            instruct=StageConfig(steps=8, lr=5e-4, batch=1024, warmup=2),
-            eval_limit=4,
+            instruct=StageConfig(steps=8, lr=5e-4, batch=1024, warmup=2, vision_lr_scale=0.3),
+            eval_limit=4, blind_eval_limit=4, threads=1,
         )
 
     def to_dict(self) -> dict:
@@ -153,22 +155,27 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
     clip, clip_log = stages.run_clip(cfg, processor.tokenizer, pixels, captions, logs, progress)
     timings["clip"] = time.time() - t
 
-    # 4. LLaVA with the pretrained tower; cached features
-    t = time.time()
+    # 4. LLaVA with the pretrained tower
     model = stages.new_llava(cfg, len(processor.tokenizer), clip)
     del clip
-    features = stages.cache(model, pixels, progress)
-    del pixels
-    timings["cache"] = time.time() - t
 
-    # 5. stage (b): align on captions; 6. stage (c): instruction tuning
-    t = time.time()
-    cap_recs = caption_records(captions, cfg.seed)
-    align_log = stages.run_lm(model, features, cap_recs, row, processor.tokenizer, cfg, "align", logs, progress)
-    timings["align"] = time.time() - t
-    t = time.time()
-    inst_log = stages.run_lm(model, features, records, row, processor.tokenizer, cfg, "instruct", logs, progress)
-    timings["instruct"] = time.time() - t
+    # 5. stage (b): align on captions; 6. stage (c): instruction tuning. A stage with a frozen
+    # tower trains on cached features (computed from the tower as it is when the stage starts).
+    logs_by_stage, features = {}, None
+    for st, recs in (("align", caption_records(captions, cfg.seed)), ("instruct", records)):
+        frozen = getattr(cfg, st).vision_lr_scale == 0
+        if frozen and features is None:
+            t = time.time()
+            features = stages.cache(model, pixels, progress)
+            timings[f"cache_{st}"] = time.time() - t
+        t = time.time()
+        logs_by_stage[st] = stages.run_lm(model, features if frozen else pixels, recs, row, processor.tokenizer,
+                                          cfg, st, logs, progress)
+        if not frozen:
+            features = None  # the tower changed: a later frozen stage re-caches
+        timings[st] = time.time() - t
+    del pixels, features
+    align_log, inst_log = logs_by_stage["align"], logs_by_stage["instruct"]
 
     # 7. save, evaluate with the stock classes reloaded from disk
     t = time.time()
@@ -179,14 +186,19 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
     model.save_pretrained(out)
     processor.save_pretrained(out)
     reloaded, reproc = stages.reload(out)
-    results = stages.evaluate_both(reloaded, reproc, data_dir, cfg.eval_limit, progress)
+    predictions: list[dict] = []
+    results = stages.evaluate_both(reloaded, reproc, data_dir, cfg.eval_limit, progress, predictions,
+                                   blind_limit=cfg.blind_eval_limit)
+    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    stages.write_examples(out, data_dir, predictions)
     timings["eval"] = time.time() - t
 
     from dpvr.tiny.plots import plot_losses
 
     plot_losses(logs, out / "losses.png")
-    files = {name: _sha256(out / name) for name in sorted(os.listdir(out))
-             if (out / name).is_file() and name not in ("build.json",)}
+    files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*"))
+             if p.is_file() and p.name != "build.json" and not p.name.startswith(".")
+             and p.relative_to(out).parts[0] not in ("data", "work")}
     info = {
         "command": command if command is not None else [os.path.basename(sys.argv[0])] + sys.argv[1:],
         "seed": cfg.seed,
@@ -217,3 +229,28 @@ def _summary(rows: list[dict]) -> dict:
     if "acc" in rows[-1]:
         s["final_in_batch_acc"] = round(sum(r["acc"] for r in tail) / len(tail), 4)
     return s
+
+
+def export_checkpoint(build_dir: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Copy a build's shipped files (those listed in its ``build.json``) + ``build.json`` to ``dest``.
+
+    Checks every file's sha256 first; replaces ``dest`` atomically. Returns the copied names.
+    """
+    src = Path(build_dir)
+    info_path = src / "build.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{info_path} not found: not the output of `dpvr tiny build`")
+    info = json.loads(info_path.read_text())
+    for name, h in info["files"].items():
+        if _sha256(src / name) != h:
+            raise ValueError(f"{src / name} does not match its sha256 in build.json")
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in list(info["files"]) + ["build.json"]:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / name, tmp / name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return sorted(info["files"]) + ["build.json"]

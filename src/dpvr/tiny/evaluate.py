@@ -37,7 +37,7 @@ def blank_image(size: int = 64) -> Image.Image:
 
 @torch.no_grad()
 def generate_answers(model, processor, images: list[Image.Image], questions: list[str],
-                     batch_size: int = 32, max_new_tokens: int = 6, progress: bool = False,
+                     batch_size: int = 32, max_new_tokens: int = 4, progress: bool = False,
                      desc: str = "generate") -> list[str]:
     """Greedy answers to ``questions`` (full user text after the image), one per image."""
     tok = processor.tokenizer
@@ -60,10 +60,12 @@ def generate_answers(model, processor, images: list[Image.Image], questions: lis
 
 
 def evaluate(model, processor, root: str | Path, families=FAMILIES, blind: bool = False, limit: int | None = None,
-             batch_size: int = 32, progress: bool = True) -> dict:
+             batch_size: int = 32, progress: bool = True, predictions: list | None = None) -> dict:
     """Per-family accuracy (%) on ``root/<family>.jsonl``, with per-category breakdown.
 
     Returns ``{family: {"accuracy", "n", "chance", "categories": {cat: acc}, ["yes_ratio"]}}``.
+    If ``predictions`` is a list, one dict per item (id, family, answer, prediction, correct)
+    is appended to it.
     """
     root = Path(root)
     model.eval()
@@ -78,6 +80,9 @@ def evaluate(model, processor, root: str | Path, families=FAMILIES, blind: bool 
         preds = generate_answers(model, processor, images, [r["question"] for r in recs], batch_size=batch_size,
                                  progress=progress, desc=f"eval {fam}{' (blind)' if blind else ''}")
         correct = [normalize_answer(p, fam) == normalize_answer(r["answer"], fam) for p, r in zip(preds, recs)]
+        if predictions is not None:
+            predictions += [{"id": r["id"], "family": fam, "category": r["category"], "answer": r["answer"],
+                             "prediction": p, "correct": c} for r, p, c in zip(recs, preds, correct)]
         by_cat = defaultdict(list)
         for c, r in zip(correct, recs):
             by_cat[r["category"]].append(c)

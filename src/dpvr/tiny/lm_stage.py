@@ -88,16 +88,22 @@ def collate(examples: list[Example], pad_id: int):
 
 
 def lm_loss(model: LlavaForConditionalGeneration, features: torch.Tensor, ids: torch.Tensor,
-            labels: torch.Tensor, mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Next-token loss of LLaVA given cached vision features of the batch's images.
+            labels: torch.Tensor, mask: torch.Tensor, images: torch.Tensor, from_pixels: bool = False) -> torch.Tensor:
+    """Next-token loss of LLaVA given the batch's images.
 
-    features: (N_cache, P, d_v); ids/labels/mask: (B, T); images: (B,) rows of the cache (-1: none)
+    features: (N_cache, P, d_v) cached vision features, or (N, 3, H, W) pixels when ``from_pixels``
+    (then the vision tower runs, with gradients); ids/labels/mask: (B, T); images: (B,) rows (-1: none)
     """
+    from dpvr.tiny.model import vision_features
+
     image_id = model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)  # (B, T, d)
     has = images >= 0
     if has.any():
-        proj = model.model.multi_modal_projector(features[images[has]])  # (B_img, P, d)
+        feats = features[images[has]]
+        if from_pixels:
+            feats = vision_features(model.model.vision_tower, feats, model.config.vision_feature_layer)
+        proj = model.model.multi_modal_projector(feats)  # (B_img, P, d)
         slots = (ids == image_id) & has[:, None]
         embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), proj.to(embeds.dtype))
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
@@ -111,16 +117,24 @@ def lm_loss(model: LlavaForConditionalGeneration, features: torch.Tensor, ids: t
 def train_lm(model: LlavaForConditionalGeneration, features: torch.Tensor, examples: list[Example], *,
              stage: str, steps: int, batch_tokens: int, lr: float, seed: int, warmup: int = 50,
              weight_decay: float = 0.0, train_lm_params: bool = True, log_path=None, progress: bool = True,
-             max_seconds: float | None = None, pad_id: int = 1, eval_fn=None, eval_every: int = 0) -> list[dict]:
-    """Train projector (+ language model) in place on ``examples``; returns the loss log."""
+             max_seconds: float | None = None, pad_id: int = 1, eval_fn=None, eval_every: int = 0,
+             vision_lr_scale: float = 0.0) -> list[dict]:
+    """Train projector (+ language model) in place on ``examples``; returns the loss log.
+
+    With ``vision_lr_scale > 0``, ``features`` must be pixel values: the vision tower then runs
+    in every step and trains too, at ``vision_lr_scale`` times the learning rate.
+    """
     params = list(model.model.multi_modal_projector.parameters())
     if train_lm_params:
         params += list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    vision = list(model.model.vision_tower.parameters()) if vision_lr_scale > 0 else []
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in params:
+    for p in params + vision:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    groups = [{"params": params}] + ([{"params": vision, "lr_scale": vision_lr_scale}] if vision else [])
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    params = params + vision
     rng = random.Random(f"{seed}/{stage}")
     log = LossLog(log_path, stage)
     model.train()
@@ -135,7 +149,7 @@ def train_lm(model: LlavaForConditionalGeneration, features: torch.Tensor, examp
         ids, labels, mask = collate(batch, pad_id)
         images = torch.tensor([e.image for e in batch])
         set_lr(opt, lr_at(step, steps, lr, warmup))
-        loss = lm_loss(model, features, ids, labels, mask, images)
+        loss = lm_loss(model, features, ids, labels, mask, images, from_pixels=bool(vision))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

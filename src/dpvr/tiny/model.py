@@ -28,11 +28,11 @@ class TinyArch:
     clip_text_hidden: int = 128
     clip_text_layers: int = 2
     projection_dim: int = 128
-    lm_hidden: int = 160
+    lm_hidden: int = 128
     lm_layers: int = 8
     lm_heads: int = 4
     lm_kv_heads: int = 4
-    lm_intermediate: int = 512
+    lm_intermediate: int = 384
     max_positions: int = 512
 
     def __post_init__(self):

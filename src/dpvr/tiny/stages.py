@@ -66,7 +66,8 @@ def run_lm(model, features, records, row, tokenizer, cfg, stage: str, log_path, 
     examples = build_examples(records, tokenizer, cfg.arch.num_image_tokens, row)
     return train_lm(model, features, examples, stage=stage, steps=s.steps, batch_tokens=s.batch, lr=s.lr,
                     seed=cfg.seed, warmup=s.warmup, weight_decay=s.weight_decay, log_path=log_path,
-                    progress=progress, pad_id=tokenizer.pad_token_id, eval_fn=eval_fn, eval_every=eval_every)
+                    progress=progress, pad_id=tokenizer.pad_token_id, eval_fn=eval_fn, eval_every=eval_every,
+                    vision_lr_scale=s.vision_lr_scale)
 
 
 def reload(path: str | os.PathLike):
@@ -75,13 +76,39 @@ def reload(path: str | os.PathLike):
     return model, AutoProcessor.from_pretrained(path)
 
 
-def evaluate_both(model, processor, data_dir, limit, progress) -> dict:
-    """Accuracy per family with the image and with a blank image ("blind")."""
+def evaluate_both(model, processor, data_dir, limit, progress, predictions: list | None = None,
+                  blind_limit: int | None = None) -> dict:
+    """Accuracy per family with the image and with a blank image ("blind", first ``blind_limit`` items)."""
     from dpvr.tiny.evaluate import evaluate
 
-    with_image = evaluate(model, processor, data_dir, limit=limit, progress=progress)
-    blind = evaluate(model, processor, data_dir, limit=limit, blind=True, progress=progress)
-    return {fam: {**with_image[fam], "blind": blind[fam]["accuracy"],
+    with_image = evaluate(model, processor, data_dir, limit=limit, progress=progress, predictions=predictions)
+    blind_limit = limit if blind_limit is None else (blind_limit if limit is None else min(limit, blind_limit))
+    blind = evaluate(model, processor, data_dir, limit=blind_limit, blind=True, progress=progress)
+    return {fam: {**with_image[fam], "blind": blind[fam]["accuracy"], "blind_n": blind[fam]["n"],
                   "blind_yes_ratio": blind[fam].get("yes_ratio"),
                   "above_blind": round(with_image[fam]["accuracy"] - blind[fam]["accuracy"], 2)}
             for fam in with_image}
+
+
+def write_examples(out: Path, data_dir: Path, predictions: list[dict], per_family: int = 2) -> None:
+    """Copy a few benchmark items the checkpoint answers correctly into ``out/examples``.
+
+    They are fixed questions for a smoke test of the shipped checkpoint (chosen after the
+    evaluation, so they say nothing about accuracy: ``build.json`` does).
+    """
+    import json
+    import shutil
+
+    from dpvr.data.generate import load_benchmark
+
+    ex_dir = out / "examples"
+    ex_dir.mkdir(parents=True, exist_ok=True)
+    ok = {p["id"] for p in predictions if p["correct"]}
+    lines = []
+    for fam in dict.fromkeys(p["family"] for p in predictions):
+        chosen = [r for r in load_benchmark(data_dir, fam) if r["id"] in ok][:per_family]
+        for r in chosen:
+            name = f"{r['id']}.png"
+            shutil.copyfile(data_dir / r["image"], ex_dir / name)
+            lines.append(json.dumps({**r, "image": name}))
+    (ex_dir / "examples.jsonl").write_text("".join(x + "\n" for x in lines))

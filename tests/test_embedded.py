@@ -1,0 +1,72 @@
+"""The shipped checkpoint: stock loading, recorded sha256, fixed answers, well above blind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from dpvr import embedded
+
+pytestmark = pytest.mark.skipif(not (embedded.PATH / "build.json").exists(),
+                                reason="embedded checkpoint not built yet")
+
+
+def test_files_match_build_json():
+    info = embedded.build_info()
+    assert "model.safetensors" in info["files"] and "config.json" in info["files"]
+    embedded.verify()
+    total = sum((embedded.PATH / n).stat().st_size for n in info["files"])
+    assert total < 20 * 2**20
+
+
+def test_loads_with_stock_transformers_only(tmp_path):
+    # a fresh interpreter that never imports dpvr: from_pretrained, AutoProcessor and pipeline
+    code = f"""
+import sys, torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration, pipeline
+path = {str(embedded.PATH)!r}
+m = LlavaForConditionalGeneration.from_pretrained(path)
+p = AutoProcessor.from_pretrained(path)
+assert p.tokenizer.convert_ids_to_tokens(m.config.image_token_id) == "<image>"
+pipe = pipeline("image-text-to-text", model=path)
+from PIL import Image
+img = Image.new("RGB", (64, 64), (250, 250, 250))
+out = pipe(text=[{{"role": "user", "content": [{{"type": "image", "image": img}},
+           {{"type": "text", "text": "How many objects are there in the image?"}}]}}], max_new_tokens=3)
+assert isinstance(out[0]["generated_text"], (str, list))
+assert "dpvr" not in sys.modules
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_answers_fixed_questions():
+    from dpvr.tiny.evaluate import generate_answers, normalize_answer
+
+    model, proc = embedded.load_model(), embedded.load_processor()
+    items = [json.loads(x) for x in (embedded.PATH / "examples" / "examples.jsonl").read_text().splitlines()]
+    images = [Image.open(embedded.PATH / "examples" / it["image"]).convert("RGB") for it in items]
+    preds = generate_answers(model, proc, images, [it["question"] for it in items])
+    got = [normalize_answer(p, it["family"]) == normalize_answer(it["answer"], it["family"])
+           for p, it in zip(preds, items)]
+    assert all(got), list(zip([it["id"] for it in items], preds))
+
+
+def test_well_above_blind_on_fresh_sample(tmp_path):
+    from dpvr.data import generate_dataset
+    from dpvr.tiny.evaluate import evaluate
+
+    root = tmp_path / "fresh"
+    generate_dataset(root, seed=12345, num_train=1, num_test_per_family=24, progress=False)
+    model, proc = embedded.load_model(), embedded.load_processor()
+    fams = [f for f, r in embedded.build_info()["results"].items() if r["accuracy"] - r["blind"] >= 25]
+    assert fams
+    seen = evaluate(model, proc, root, families=fams, progress=False)
+    blind = evaluate(model, proc, root, families=fams, blind=True, progress=False)
+    mean_gap = sum(seen[f]["accuracy"] - blind[f]["accuracy"] for f in fams) / len(fams)
+    assert mean_gap >= 15, (seen, blind)

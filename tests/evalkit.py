@@ -3,7 +3,8 @@
 ``build(root)`` writes ``root/data`` (``dpvr data generate``, 6 questions per family) and ``root/model``
 (a random tiny LLaVA with a tokenizer trained on that data). The model's output head is rewired so
 that its first answer token is "Yes" or "No", chosen by the sign of a random projection of the last
-hidden state: with ``max_new_tokens=1`` every answer parses, the POPE figures are non-trivial, and
+hidden state. The projection is centred on the benchmark's yes/no prompts, so about half of them
+get "Yes": with ``max_new_tokens=1`` every answer parses, the POPE figures are non-trivial, and
 they depend on the image. Offline, CPU, a few seconds.
 """
 
@@ -38,13 +39,34 @@ def build(root: Path) -> Path:
         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
-    model = LlavaForConditionalGeneration(config)
+    model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():
         head = model.lm_head.weight  # (V, d)
-        w = torch.randn(head.shape[1])
+        h = _head_inputs(model, processor, root / "data")  # (n, d)
+        w = torch.linalg.svd(h - h.mean(0), full_matrices=False).Vh[0]  # main direction of variation
+        m = h.mean(0) / h.mean(0).norm()
+        w = w - (w @ m) * m  # scores w·h_i are centred: about half yes
         head.zero_()
         head[yes[0]] = w
         head[no[0]] = -w
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
     return root
+
+
+def _head_inputs(model, processor, data: Path) -> torch.Tensor:
+    """The output head's input at the last prompt position, for the benchmark's yes/no questions."""
+    from PIL import Image
+
+    from dpvr.evaluation.generation import Prompt, encode, user_turn
+    from dpvr.evaluation.runner import load_records
+
+    records = [r for fam in load_records(data, ["pope", "spatial"]).values() for r in fam]
+    prompts = [Prompt([user_turn(r["question"])], [Image.open(data / r["image"]).convert("RGB")]) for r in records]
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(args[0][:, -1]))
+    try:
+        model(**encode(processor, prompts))
+    finally:
+        hook.remove()
+    return seen[0]

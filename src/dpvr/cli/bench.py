@@ -151,7 +151,7 @@ def run_flops(args: argparse.Namespace) -> int:
     from dpvr.efficiency.latency import DTYPES
     from dpvr.efficiency.methods import make_methods
     from dpvr.efficiency.plots import plot_flops
-    from dpvr.shapes import default_split, load_shape_config
+    from dpvr.shapes import default_split, load_shape_config, parameter_counts
 
     if args.dtype not in DTYPES:
         raise UserError(f"unknown --dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -169,8 +169,12 @@ def run_flops(args: argparse.Namespace) -> int:
         dims, methods, text_tokens=args.text_tokens, system_tokens=args.system_tokens, num_images=args.num_images,
         batch=args.batch_size, new_tokens=args.new_tokens,
         dtype_bytes=torch.empty((), dtype=DTYPES[args.dtype]).element_size(), lm_head_positions=args.lm_head)
+    routed = next((m.dpvr for m in methods if m.name in ("lf", "pc", "kv", "ideal")), None)
+    report["parameters"] = parameter_counts(cfg, routed)
     print(f"{dims.name}: {dims.num_layers} layers, {dims.image_tokens} image tokens/image, "
           f"{args.system_tokens} system tokens, batch {args.batch_size}, split {split}")
+    print(f"parameters: {report['parameters']['total']:,d} in the base model; side branch "
+          f"(D={args.side_depth}) {report['parameters']['side_branch']:,d}")
     print(format_table(report["rows"]))
     print("LM = decoder layers + side branch; whole = LM + vision tower + projector + lm_head "
           f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); decode = mean over {args.new_tokens} new "

@@ -85,7 +85,7 @@ def test_every_method_kind_on_one_base(tiny, tmp_path):
     paths = _trained_like_artifacts(tiny, tmp_path)
     methods = ["vanilla", f"lf=adapter:{paths['lf']}", f"lf+fastv=adapter:{paths['lf']},fastv_k=1,fastv_ratio=0.5",
                f"lora:{paths['lora']}", "again=vanilla", f"full:{paths['full']}", "fastv:k=1,ratio=0.5"]
-    settings = EvalSettings(benchmark=str(tiny / "data"), families=["pope", "mc"], limit=4, max_new_tokens=1,
+    settings = EvalSettings(benchmark=str(tiny / "data"), families=["pope", "mc"], limit=3, max_new_tokens=1,
                             circular=True, device="cpu", progress=False)
     results = run_eval(methods, out=tmp_path / "out", model=str(tiny / "model"), settings=settings)
     m = results["methods"]
@@ -98,8 +98,8 @@ def test_every_method_kind_on_one_base(tiny, tmp_path):
     assert _predictions(tmp_path / "out", "again") == _predictions(tmp_path / "out", "vanilla")
     # circular: every MC question asked once per rotation, scored per question
     mc_rows = [r for r in _predictions(tmp_path / "out", "vanilla") if r["family"] == "mc"]
-    assert len(mc_rows) == 16 and sorted({r["rotation"] for r in mc_rows}) == [0, 1, 2, 3]
-    assert m["vanilla"]["families"]["mc"]["n"] == 4 and "accuracy_first_pass" in m["vanilla"]["families"]["mc"]
+    assert len(mc_rows) == 12 and sorted({r["rotation"] for r in mc_rows}) == [0, 1, 2, 3]
+    assert m["vanilla"]["families"]["mc"]["n"] == 3 and "accuracy_first_pass" in m["vanilla"]["families"]["mc"]
 
 
 def test_a_crash_leaves_no_partial_results(tiny, tmp_path, monkeypatch):

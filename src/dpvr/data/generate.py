@@ -35,7 +35,7 @@ from dpvr.data import questions as Q
 from dpvr.data.scenes import (BACKGROUNDS, COLORS, digit_split, digit_twin, render_digit, render_scene, sample_digit,
                               sample_scene, scene_twin)
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 IMAGE_TOKEN = "<image>"
 
 

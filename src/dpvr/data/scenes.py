@@ -203,7 +203,7 @@ def render_digit(d: Digit, background: tuple[int, int, int]) -> Image.Image:
 
 
 def scene_twin(rng: random.Random, scene: list[Shape]) -> list[Shape]:
-    """The same scene with one attribute (colour or shape) of one object changed.
+    """The same scene with the shape of one object changed (its colour if no shape is free).
 
     Used as a hard negative for contrastive pretraining: telling the two apart needs the
     binding of colour to shape, which POPE's adversarial questions ask about.
@@ -211,8 +211,10 @@ def scene_twin(rng: random.Random, scene: list[Shape]) -> list[Shape]:
     present = {s.obj for s in scene}
     k = rng.randrange(len(scene))
     s = scene[k]
-    cands = [(c, s.shape) for c in COLORS if c != s.color] + [(s.color, sh) for sh in SHAPES if sh != s.shape]
-    cands = [o for o in cands if o not in present]
+    # Change the shape: colour alone already tells most scenes apart, shape is what needs learning.
+    cands = [(s.color, sh) for sh in SHAPES if sh != s.shape and (s.color, sh) not in present]
+    if not cands:
+        cands = [(c, s.shape) for c in COLORS if c != s.color and (c, s.shape) not in present]
     color, shape = rng.choice(cands)
     return scene[:k] + [Shape(color, shape, s.x, s.y, s.size)] + scene[k + 1:]
 

@@ -22,12 +22,16 @@ IMAGE_PLACEHOLDER = "<image>"
 
 
 def load_records(path: str | Path) -> list[dict]:
-    """Read a LLaVA conversation JSON file (a list of records), with clear errors."""
+    """Read LLaVA conversation records: a JSON list, or JSON Lines (``.jsonl``), with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
+    text = path.read_text()
     try:
-        records = json.loads(path.read_text())
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(records, list):

@@ -60,7 +60,7 @@ def test_results_table_and_predictions(tiny, tmp_path, capsys):
     assert [r["prediction"] for r in _predictions(tmp_path / "b1", "vanilla")] == [r["prediction"] for r in rows]
 
 
-def _trained_like_artifacts(tiny: Path, root: Path) -> dict[str, Path]:
+def _trained_like_artifacts(tiny: Path, root: Path, kinds=("lf", "lora", "full")) -> dict[str, Path]:
     """A DPVR adapter, a LoRA adapter (random, non-zero) and a full checkpoint, all for the fixture's base."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
@@ -71,14 +71,18 @@ def _trained_like_artifacts(tiny: Path, root: Path) -> dict[str, Path]:
         return LlavaForConditionalGeneration.from_pretrained(tiny / "model").eval()
 
     torch.manual_seed(0)
-    dpvr.get_dpvr_model(base(), dpvr.DPVRConfig(variant="lf", split=2)).save_pretrained(root / "lf" / "adapter")
-    lora = get_peft_model(base(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    lora.save_pretrained(root / "lora" / "adapter")
-    full = base()
-    with torch.no_grad():
-        full.model.language_model.layers[-1].mlp.down_proj.weight.mul_(1.5)
-    full.save_pretrained(root / "full" / "model")
-    return {"lf": root / "lf" / "adapter", "lora": root / "lora" / "adapter", "full": root / "full" / "model"}
+    paths = {"lf": root / "lf" / "adapter", "lora": root / "lora" / "adapter", "full": root / "full" / "model"}
+    if "lf" in kinds:
+        dpvr.get_dpvr_model(base(), dpvr.DPVRConfig(variant="lf", split=2)).save_pretrained(paths["lf"])
+    if "lora" in kinds:
+        lora = get_peft_model(base(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        lora.save_pretrained(paths["lora"])
+    if "full" in kinds:
+        full = base()
+        with torch.no_grad():
+            full.model.language_model.layers[-1].mlp.down_proj.weight.mul_(1.5)
+        full.save_pretrained(paths["full"])
+    return {k: v for k, v in paths.items() if k in kinds}
 
 
 def test_every_method_kind_on_one_base(tiny, tmp_path):
@@ -231,3 +235,30 @@ def test_accuracy_report_for_the_tiny_build_matches_run_eval(tiny, tmp_path):
                               "categories": {c: v["accuracy"] for c, v in fams["pope"]["categories"].items()},
                               "yes_ratio": fams["pope"]["yes_ratio"]}
     assert report["count"]["accuracy"] == fams["count"]["accuracy"] and len(rows) == 12
+
+
+def test_loglikelihood_agrees_with_cached_generation(tiny, tmp_path):
+    """The lmms-eval plugin's loglikelihood path (one forward, no cache) against generate's first step, per method."""
+    from PIL import Image
+
+    from dpvr.evaluation.generation import Prompt, encode, loglikelihoods, user_turn
+    from dpvr.evaluation.loading import load_base, load_method
+    from dpvr.evaluation.methods import parse_method
+
+    paths = _trained_like_artifacts(tiny, tmp_path, kinds=("lf",))
+    base, processor, _ = load_base(str(tiny / "model"), device="cpu")
+    records = [json.loads(line) for line in (tiny / "data" / "pope.jsonl").read_text().splitlines()[:4]]
+    prompts = [Prompt([user_turn(r["question"])], [Image.open(tiny / "data" / r["image"]).convert("RGB")])
+               for r in records]
+    tok = processor.tokenizer
+    for spec in ("vanilla", f"adapter:{paths['lf']}", "fastv:k=1,ratio=0.5", "vtw:k=2"):
+        with load_method(parse_method(spec), base, processor) as m:
+            out = m.model.generate(**encode(processor, prompts), max_new_tokens=1, do_sample=False,
+                                   output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+            first = torch.log_softmax(out.logits[0].float(), dim=-1)  # (B, V)
+            chosen = out.sequences[:, -1]
+            texts = tok.batch_decode(chosen[:, None])
+            lls = loglikelihoods(m.model, processor, prompts, texts)
+            for i, (lp, greedy) in enumerate(lls):
+                assert greedy, (spec, i)
+                assert lp == pytest.approx(float(first[i, chosen[i]]), abs=1e-4), (spec, i)

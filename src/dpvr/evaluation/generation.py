@@ -63,9 +63,9 @@ def image_token_id(model) -> int | None:
     return getattr(config, "image_token_id", getattr(config, "image_token_index", None))
 
 
-def encode(processor, prompts: list[Prompt], device=None, dtype=None) -> dict:
-    """Left-padded tensors for a batch of prompts (images flattened in order)."""
-    texts = [render(processor, p.messages) for p in prompts]
+def encode(processor, prompts: list[Prompt], device=None, dtype=None, texts: list[str] | None = None) -> dict:
+    """Left-padded tensors for a batch of prompts (images flattened in order); ``texts`` replaces the rendering."""
+    texts = texts if texts is not None else [render(processor, p.messages) for p in prompts]
     images = [im for p in prompts for im in p.images]
     tok = getattr(processor, "tokenizer", processor)
     old = tok.padding_side
@@ -126,24 +126,20 @@ def loglikelihoods(model, processor, prompts: list[Prompt], continuations: list[
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     if not prompts:
         return []
-    device, dtype = model_device(model), model_dtype(model)
+    if getattr(getattr(model, "plan", None), "prune_layer", None) is not None and len(prompts) > 1:
+        # FastV ranks image tokens by the prompt's last token (``prompt_len``), one length per sample.
+        return [r for p, c in zip(prompts, continuations) for r in loglikelihoods(model, processor, [p], [c])]
     texts = [render(processor, p.messages) for p in prompts]
     lengths = []
     for p, text in zip(prompts, texts):  # prompt length per sample, images expanded as in the full text
         enc = processor(images=p.images or None, text=[text], return_tensors="pt")
         lengths.append(enc["input_ids"].shape[1])
-    tok = getattr(processor, "tokenizer", processor)
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        images = [im for p in prompts for im in p.images]
-        enc = processor(images=images or None, text=[t + c for t, c in zip(texts, continuations)],
-                        return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = old
-    enc = {k: (v.to(device).to(dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
-           for k, v in enc.items()}
-    logits = model(**enc, use_cache=False).logits.float()  # (B, L, V)
+    enc = encode(processor, prompts, model_device(model), model_dtype(model),
+                 texts=[t + c for t, c in zip(texts, continuations)])
+    extra = {}
+    if getattr(getattr(model, "plan", None), "prune_layer", None) is not None:
+        extra["prompt_len"] = lengths[0]  # one sample, no padding
+    logits = model(**enc, use_cache=False, **extra).logits.float()  # (B, L, V)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     out = []
     for i, prompt_len in enumerate(lengths):

@@ -101,7 +101,7 @@ def tiny_dir(tmp_path_factory) -> Path:
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                        image_size=64, patch_size=16),
         text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
         vision_feature_select_strategy="default",

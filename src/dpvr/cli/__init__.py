@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep"]
+SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep"]
 
 
 class UserError(Exception):

@@ -1,0 +1,47 @@
+"""``dpvr demo``: analysis -> training -> evaluation -> efficiency -> report.html, on the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole study on the embedded tiny LLaVA, ending in report.html",
+        description=(
+            "Runs the saturation analysis (suggested split), trains DPVR-LF at that split plus DPVR-PC, DPVR-KV and "
+            "a LoRA baseline, evaluates them with vanilla, FastV, VTW and LF+FastV (and vanilla with blank images), "
+            "measures analytic FLOPs and latency, and writes OUT/report.html (self-contained) and OUT/report.json. "
+            "Finished stages are reused when rerun with the same settings. No GPU, no downloads."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a ~3-minute smoke version (few samples, few steps)")
+    p.add_argument("--model", help="LLaVA model folder (default: the embedded tiny LLaVA)")
+    p.add_argument("--data", help="LLaVA conversation JSON (default: the embedded train.json)")
+    p.add_argument("--benchmark", help="benchmark folder (default: the embedded benchmark, or --data's folder)")
+    p.add_argument("--train-steps", type=int, help="training steps per method (default: 300, quick 6)")
+    p.add_argument("--eval-limit", type=int, help="questions per benchmark family (default: 100, quick 6)")
+    p.add_argument("--seed", type=int, default=0, help="seed for training and evaluation")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dpvr.cli import UserError
+    from dpvr.demo import DemoSettings, run_demo
+    from dpvr.demo.stages import StageError
+
+    overrides = {k: v for k, v in {"train_steps": args.train_steps, "eval_limit": args.eval_limit}.items() if v is not None}
+    settings = DemoSettings.for_mode(args.quick, out=args.out, model=args.model, data=args.data,
+                                     benchmark=args.benchmark, seed=args.seed, **overrides)
+    try:
+        report = run_demo(settings)
+    except StageError as err:
+        raise UserError(f"{err} (finished stages are kept; fix the cause and rerun)") from err
+    print(f"\nsplit s={report['context']['split']}; report: {settings.out}/report.html")
+    for r in report["methods"]:
+        saving = "–" if r["flops_saving"] is None else f"{100 * r['flops_saving']:.1f} %"
+        print(f"  {r['method']:<28} overall {r['overall']:5.1f}   FLOPs saving {saving}")
+    return 0

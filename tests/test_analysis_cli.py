@@ -210,3 +210,18 @@ def test_cli_default_model_is_the_embedded_checkpoint(workspace, tmp_path):
     assert data["settings"]["model"] == str(embedded.checkpoint_path())
     n = data["num_layers"]
     assert n >= 8 and -(-n // 2) <= data["suggested_split"] <= n - 2
+
+
+def test_load_records_json_and_jsonl(tmp_path):
+    from dpvr.analysis.data import load_records
+
+    recs = [{"id": i, "conversations": [{"from": "human", "value": "hi"}]} for i in range(3)]
+    (tmp_path / "a.json").write_text(json.dumps(recs))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert load_records(tmp_path / "a.json") == load_records(tmp_path / "a.jsonl") == recs
+    (tmp_path / "bad.json").write_text("[{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_records(tmp_path / "bad.json")
+    (tmp_path / "obj.json").write_text("{}")
+    with pytest.raises(ValueError, match="JSON list"):
+        load_records(tmp_path / "obj.json")

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dpvr.config import DPVRConfig, ResolvedPlan
-from dpvr.efficiency.flops import ShapeDims, decode_flops, layer_flops, vision_flops_per_image
-from dpvr.efficiency.methods import LayerWork, Method, Schedule, _kept_image_positions, prompt_mask, schedule
+from dpvr.config import DPVRConfig
+from dpvr.efficiency.flops import ShapeDims, layer_flops, vision_flops_per_image
+from dpvr.efficiency.methods import Method, Schedule, prompt_mask, schedule
+from dpvr.efficiency.plan import plan_schedule
 
 
 def methods(num_layers: int, split: int, fastv_k: int = 2, vtw_ks: tuple[int, int] | None = None) -> dict[str, DPVRConfig]:
@@ -47,33 +48,6 @@ def methods(num_layers: int, split: int, fastv_k: int = 2, vtw_ks: tuple[int, in
 
 
 # ---------------------------------------------------------------------------------------- FLOPs
-def plan_schedule(plan: ResolvedPlan, is_image: np.ndarray) -> Schedule:
-    """Positions each layer computes under ``plan`` (FastV pruning and compositions included).
-
-    Layers before the pruning layer see every position; from it on, the kept view (text + the
-    kept image tokens, evenly spread as in :mod:`dpvr.efficiency.methods`; which ones are kept
-    does not change the count). ``text`` layers: text only; ``kv``: text queries over the view.
-    """
-    every, text = np.ones_like(is_image), ~is_image
-    kept = every if plan.prune_layer is None else text | _kept_image_positions(is_image, plan.keep_ratio)
-    layers = []
-    for i, mode in enumerate(plan.modes):
-        view = every if plan.prune_layer is None or i < plan.prune_layer else kept
-        if mode in ("full", "fuse"):
-            layers.append(LayerWork(view, view, view))
-        elif mode == "text":
-            layers.append(LayerWork(text, text, text))
-        else:  # kv
-            layers.append(LayerWork(text, view, view))
-    side = []
-    view = every if plan.prune_layer is None or plan.split < plan.prune_layer else kept
-    image = is_image & view
-    if plan.side_depth and image.any():
-        prefix = view & (np.arange(len(is_image)) <= np.flatnonzero(image)[-1])
-        side = [LayerWork(prefix, prefix, prefix)] * plan.side_depth
-    return Schedule(layers, side)
-
-
 def _flops(dims: ShapeDims, sched: Schedule) -> int:
     return sum(layer_flops(w, dims) for w in sched.layers) + sum(layer_flops(w, dims) for w in sched.side)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Order is the order shown in ``dpvr --help``.
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except (UserError, FileNotFoundError, ValueError) as err:
         # Library code raises ValueError/FileNotFoundError with user-facing messages.
+        if os.environ.get("DPVR_DEBUG"):
+            raise
         print(f"dpvr {args.command}: error: {err}", file=sys.stderr)
+        print("(set DPVR_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2
     return int(result or 0)
 

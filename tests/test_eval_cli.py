@@ -13,6 +13,7 @@ import evalkit
 from dpvr.cli import main
 from dpvr.evaluation import EvalSettings, run_eval
 from dpvr.evaluation.metrics import summarize_family
+from dpvr.evaluation.report import markdown_table
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def test_results_table_and_predictions(tiny, tmp_path, capsys):
     for row in ("| vanilla |", "| vanilla [blind] |", "| vtw(k=2) |", "| vtw(k=2) [blind] |", "| *chance* |"):
         assert row in table
     results = json.loads((out / "results.json").read_text())
-    assert list(results["methods"]) == ["vanilla", "vanilla [blind]", "vtw(k=2)", "vtw(k=2) [blind]"]
+    assert results["method_order"] == ["vanilla", "vanilla [blind]", "vtw(k=2)", "vtw(k=2) [blind]"]
+    assert markdown_table(results) == table  # the table comes back from results.json alone
     assert results["settings"]["families"] == ["pope", "mc", "count"]
     assert results["model"]["fingerprint"]["num_hidden_layers"] == 4
     assert results["methods"]["vtw(k=2)"]["dpvr_config"]["variant"] == "vtw"

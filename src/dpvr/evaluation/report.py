@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def _methods(results: dict) -> list[tuple[str, dict]]:
+    """(label, entry) in the order the methods ran (results.json stores them sorted by label)."""
+    order = results.get("method_order") or list(results["methods"])
+    return [(label, results["methods"][label]) for label in order]
+
+
 def _fmt(x) -> str:
     return "—" if x is None else f"{x:.1f}"
 
@@ -23,7 +29,7 @@ def markdown_table(results: dict) -> str:
     cols = _columns(results)
     head = ["method"] + [c[0] for c in cols] + ["mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for label, m in results["methods"].items():
+    for label, m in _methods(results):
         cells = [_fmt(m["families"].get(fam, {}).get(metric)) for _, fam, metric in cols]
         lines.append("| " + " | ".join([label] + cells + [_fmt(m["overall"]["accuracy"])]) + " |")
     chance = results.get("chance") or {}
@@ -38,7 +44,7 @@ def detail_tables(results: dict) -> str:
     """Per family: every metric overall and per category, one row per method."""
     parts = []
     for fam in results["settings"]["families"]:
-        entries = {label: m["families"][fam] for label, m in results["methods"].items() if fam in m["families"]}
+        entries = {label: m["families"][fam] for label, m in _methods(results) if fam in m["families"]}
         if not entries:
             continue
         first = next(iter(entries.values()))

@@ -285,6 +285,7 @@ def run_eval(methods: list[str | MethodSpec], out: str | Path, model: str | Path
                         "questions_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
                         "predictions": pred_name,
                     }
+        results["method_order"] = list(results["methods"])  # results.json sorts keys; this keeps the run's order
         _commit(out, staging, results)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -158,7 +158,9 @@ def test_cli_bad_input_is_one_clear_line(workspace, tmp_path, capsys, case, mess
     rc = main(["analyze", "--model", str(model), "--data", str(data), "--image-folder", str(root / "data")
                if case != "missing-image" else str(tmp_path), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+    errors = [line for line in err.splitlines() if line.startswith("dpvr analyze: error:")]
+    assert rc == 2 and len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err
     assert not (out / "saturation.json").exists()
 
 
@@ -207,7 +209,7 @@ def test_cli_default_model_is_the_embedded_checkpoint(workspace, tmp_path):
                "--out", str(out), "--quiet", "--no-plot"])
     assert rc == 0
     data = json.loads((out / "saturation.json").read_text())
-    assert data["settings"]["model"] == str(embedded.checkpoint_path())
+    assert data["settings"]["model"] == "dpvr.embedded"
     n = data["num_layers"]
     assert n >= 8 and -(-n // 2) <= data["suggested_split"] <= n - 2
 

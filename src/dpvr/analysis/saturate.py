@@ -338,14 +338,18 @@ def _resolve_device(device: str) -> torch.device:
 
 def load_model_and_processor(model_path: str | Path | None, *, dtype: str = "auto", device: str = "auto",
                              attn_implementation: str = "sdpa"):
-    """Load a LLaVA-style model and its processor (``None``: the embedded default), with clear errors."""
+    """Load a LLaVA-style model and its processor (``None``: the embedded default), with clear errors.
+
+    Returns ``(model, processor, name)``; ``name`` is the path, or ``"dpvr.embedded"``.
+    """
     dev = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)
+    name = None
     if model_path is None:
         try:
             from dpvr import embedded
 
-            model_path = embedded.checkpoint_path()
+            model_path, name = embedded.checkpoint_path(), "dpvr.embedded"
         except (ImportError, AttributeError, FileNotFoundError) as err:
             raise ValueError(f"no --model given and the embedded default model is not available ({err}): "
                              "pass --model PATH") from None
@@ -367,7 +371,7 @@ def load_model_and_processor(model_path: str | Path | None, *, dtype: str = "aut
     model.to(dev).eval()
     check_llava_style(model)
     processor = AutoProcessor.from_pretrained(model_path)
-    return model, processor, str(model_path)
+    return model, processor, name or str(model_path)
 
 
 def run_analysis(

@@ -69,8 +69,13 @@ def transition_layer(values: Sequence[float | None], kind: str, share: float = 0
     a, b = v[start], v[end]
     if end == start or a == b:
         # no change in the expected direction (e.g. attention peaks at the last layer): no transition
-        out.update(start_layer=int(start), start=a, end_layer=int(end), end=b,
-                   note="the curve does not change in the expected direction")
+        if kind == "rise":
+            note = f"it is highest at layer {start} ({a:.3f}) and never rises above that"
+        elif kind == "fall":
+            note = f"it is lowest at layer {start} ({a:.3g}) and never falls below that"
+        else:
+            note = f"it peaks at the last layer ({a:.3f})"
+        out.update(start_layer=int(start), start=a, end_layer=int(end), end=b, note=note)
         return out
     if kind == "collapse" and a > 0 and (a - b) < min_drop * a:
         out.update(start_layer=int(start), start=a, end_layer=int(end), end=b,

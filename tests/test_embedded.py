@@ -11,10 +11,11 @@ from PIL import Image
 
 from dpvr import embedded
 
-pytestmark = pytest.mark.skipif(not (embedded.PATH / "build.json").exists(),
-                                reason="embedded checkpoint not built yet")
+needs_checkpoint = pytest.mark.skipif(not (embedded.PATH / "build.json").exists(),
+                                      reason="embedded checkpoint not built yet")
 
 
+@needs_checkpoint
 def test_files_match_build_json():
     info = embedded.build_info()
     assert "model.safetensors" in info["files"] and "config.json" in info["files"]
@@ -23,6 +24,7 @@ def test_files_match_build_json():
     assert total < 20 * 2**20
 
 
+@needs_checkpoint
 def test_loads_with_stock_transformers_only(tmp_path):
     # a fresh interpreter that never imports dpvr: from_pretrained, AutoProcessor and pipeline
     code = f"""
@@ -45,6 +47,7 @@ print("ok")
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
+@needs_checkpoint
 def test_answers_fixed_questions():
     from dpvr.tiny.evaluate import generate_answers, normalize_answer
 
@@ -57,6 +60,7 @@ def test_answers_fixed_questions():
     assert all(got), list(zip([it["id"] for it in items], preds))
 
 
+@needs_checkpoint
 def test_well_above_blind_on_fresh_sample(tmp_path):
     from dpvr.data import generate_dataset
     from dpvr.tiny.evaluate import evaluate
@@ -70,3 +74,29 @@ def test_well_above_blind_on_fresh_sample(tmp_path):
     blind = evaluate(model, proc, root, families=fams, blind=True, progress=False)
     mean_gap = sum(seen[f]["accuracy"] - blind[f]["accuracy"] for f in fams) / len(fams)
     assert mean_gap >= 15, (seen, blind)
+
+
+def test_benchmark_dir_generates_once_and_verifies(tmp_path, monkeypatch):
+    """benchmark_dir's caching and checks, on a small data config standing in for the build's."""
+    import hashlib
+
+    from dataclasses import asdict
+
+    from dpvr.data import generate_dataset
+    from dpvr.data.generate import DataConfig
+
+    cfg = asdict(DataConfig(seed=5, num_train=10, num_test_per_family=6))
+    ref = tmp_path / "ref"
+    generate_dataset(ref, progress=False, **cfg)
+    sha = hashlib.sha256((ref / "manifest.json").read_bytes()).hexdigest()
+    info = {"config": {"data": cfg}, "data": {"manifest_sha256": sha}}
+    monkeypatch.setattr(embedded, "build_info", lambda: info)
+    root = embedded.benchmark_dir(tmp_path / "cache", progress=False)
+    assert (root / "pope.jsonl").read_bytes() == (ref / "pope.jsonl").read_bytes()
+    assert embedded.benchmark_dir(tmp_path / "cache", progress=False) == root  # cached
+    (root / "count.jsonl").write_text("tampered\n")
+    with pytest.raises(ValueError, match="do not match"):
+        embedded.benchmark_dir(tmp_path / "cache", progress=False)
+    info["data"]["manifest_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="does not match the one the checkpoint was evaluated on"):
+        embedded.benchmark_dir(tmp_path / "cache", progress=False)

@@ -29,5 +29,8 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: str | Path, data) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def write_json_atomic(path: str | Path, data, *, indent: int = 2, sort_keys: bool = True, default=str,
+                      allow_nan: bool = True) -> Path:
+    """``data`` as JSON at ``path``, written atomically; ``default`` converts what json cannot."""
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=default, allow_nan=allow_nan)
+    return write_text_atomic(path, text + "\n")

@@ -13,7 +13,6 @@ is reduced to per-sample numbers inside forward hooks and accumulated (count, su
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -272,17 +271,10 @@ def routed_plan(routed, num_layers: int) -> tuple[int, list[int]]:
 # --------------------------------------------------------------------------- files
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``saturation.json``: compact indentation, and NaN refused (a NaN statistic is a bug)."""
+    from dpvr.io import write_json_atomic as _write
+
+    _write(path, data, indent=1, sort_keys=False, allow_nan=False)
 
 
 def write_outputs(result: SaturationResult, out_dir: str | Path, plot: bool = True) -> dict[str, Path]:

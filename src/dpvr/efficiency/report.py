@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -12,19 +11,10 @@ import torch
 
 
 def write_json_atomic(path: str | Path, data) -> Path:
-    """Write ``data`` as indented JSON to ``path`` (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` as indented JSON to ``path`` atomically (torch/numpy values converted)."""
+    from dpvr.io import write_json_atomic as _write
+
+    return _write(path, data, sort_keys=False, default=_jsonable)
 
 
 def save_figure_atomic(fig, path: str | Path, **kwargs) -> Path:

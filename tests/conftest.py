@@ -78,6 +78,19 @@ def pad_batch(seqs: list[list[int]], side: str = "left") -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def assert_cached_decode_equals_recompute(model, ids, mask, pixels, max_new_tokens: int) -> None:
+    """Greedy generate with the KV cache and with a no-cache recompute: same tokens, same logits."""
+    from torch.testing import assert_close
+
+    kw = dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=max_new_tokens, do_sample=False,
+              suppress_tokens=[IMAGE_TOKEN_ID], output_logits=True, return_dict_in_generate=True,
+              pad_token_id=PAD_TOKEN_ID, eos_token_id=None)
+    cached = model.generate(**kw, use_cache=True)
+    recompute = model.generate(**kw, use_cache=False)
+    assert torch.equal(cached.sequences, recompute.sequences)
+    assert_close(torch.stack(cached.logits), torch.stack(recompute.logits), rtol=1e-4, atol=1e-5)
+
+
 def random_pixels(num_images: int, model, seed: int = 0) -> torch.Tensor | None:
     if num_images == 0:
         return None

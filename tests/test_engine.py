@@ -7,7 +7,8 @@ import torch
 from torch.testing import assert_close
 
 import dpvr
-from conftest import IMAGE_TOKEN_ID, make_tiny_llava, num_image_tokens, pad_batch, random_pixels, sample_ids
+from conftest import (IMAGE_TOKEN_ID, assert_cached_decode_equals_recompute, make_tiny_llava, num_image_tokens,
+                      pad_batch, random_pixels, sample_ids)
 
 ROUTED = ["lf", "pc", "kv", "ideal"]
 SPLIT = 3  # of 6 layers
@@ -163,13 +164,7 @@ def test_cached_greedy_decode_equals_recompute(variant):
     ]
     for seqs, pix in cases:
         ids, mask = pad_batch(seqs, "left")
-        kw = dict(input_ids=ids, attention_mask=mask, pixel_values=pix, max_new_tokens=6, do_sample=False,
-                  suppress_tokens=[IMAGE_TOKEN_ID], output_logits=True, return_dict_in_generate=True,
-                  pad_token_id=0, eos_token_id=None)
-        cached = model.generate(**kw, use_cache=True)
-        recompute = model.generate(**kw, use_cache=False)
-        assert torch.equal(cached.sequences, recompute.sequences)
-        assert_close(torch.stack(cached.logits), torch.stack(recompute.logits), rtol=1e-4, atol=1e-5)
+        assert_cached_decode_equals_recompute(model, ids, mask, pix, max_new_tokens=6)
 
 
 def test_text_layers_cache_no_image_positions():

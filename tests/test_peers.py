@@ -12,7 +12,7 @@ import torch
 from torch.testing import assert_close
 
 import dpvr
-from conftest import IMAGE_TOKEN_ID, make_tiny_llava, num_image_tokens, pad_batch, random_pixels, sample_ids
+from conftest import (IMAGE_TOKEN_ID, assert_cached_decode_equals_recompute, make_tiny_llava, num_image_tokens, pad_batch, random_pixels, sample_ids)
 
 N = 6  # layers of the tiny model
 PEERS = {
@@ -151,13 +151,7 @@ def test_cached_greedy_decode_equals_recompute(name):
     seqs, pix, _ = batch_of_three(base)
     model = wrap(base, **PEERS[name])
     ids, mask = pad_batch(seqs, "left")
-    kw = dict(input_ids=ids, attention_mask=mask, pixel_values=pix, max_new_tokens=4, do_sample=False,
-              suppress_tokens=[IMAGE_TOKEN_ID], output_logits=True, return_dict_in_generate=True,
-              pad_token_id=0, eos_token_id=None)
-    cached = model.generate(**kw, use_cache=True)
-    recompute = model.generate(**kw, use_cache=False)
-    assert torch.equal(cached.sequences, recompute.sequences)
-    assert_close(torch.stack(cached.logits), torch.stack(recompute.logits), rtol=1e-4, atol=1e-5)
+    assert_cached_decode_equals_recompute(model, ids, mask, pix, max_new_tokens=4)
 
 
 def test_manual_decode_with_returned_cache_matches_full_forward():

@@ -93,3 +93,49 @@ def test_failing_stage_names_itself(tmp_path):
     with pytest.raises(StageError, match="stage 'evaluate' failed: FileNotFoundError: no such benchmark"):
         run_stage("evaluate", tmp_path / "s", {"a": 1}, boom, log=lambda _: None)
     assert not (tmp_path / "s" / "stage.json").exists()
+
+
+def _browser_or_skip():
+    """Chromium + playwright, or skip (CI installs both, so there a missing browser fails)."""
+    import os
+
+    from dpvr.demo.browser import find_chromium
+
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("playwright not installed (pip install -e .[dev])")
+    if find_chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Chromium (.ci/run installs Debian's chromium)")
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+
+
+def test_report_opens_in_headless_chromium(demo, tmp_path):
+    _browser_or_skip()
+    from dpvr.demo.browser import check_report
+
+    settings, _ = demo
+    shot = tmp_path / "report.png"
+    res = check_report(__import__("pathlib").Path(settings.out) / "report.html", screenshot=shot)
+    assert res.ok, (res.errors, res.external_requests, res.broken_images)
+    assert res.images >= 3 and not res.broken_images
+    assert set(SECTIONS) <= set(res.section_ids)
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_browser_check_catches_a_broken_page(tmp_path):
+    _browser_or_skip()
+    from dpvr.demo.browser import check_report
+
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><html><head><title>bad</title></head><body>'
+                    '<img src="data:image/png;base64,AAAA"><img src="http://example.invalid/x.png">'
+                    '<script>undefinedFunction()</script></body></html>')
+    res = check_report(page)
+    assert not res.ok
+    assert any("undefinedFunction" in e for e in res.errors)
+    assert res.external_requests == ["http://example.invalid/x.png"]
+    assert len(res.broken_images) == 2

@@ -65,11 +65,21 @@ def test_sweep_runs_resumes_and_reports(tiny_dir, tmp_path):
     records = run_sweep(points, settings, evaluate_fn=lambda *a: calls.append(a) or fake_accuracy(*a), progress=False)
     assert len(records) == len(points) and len(calls) == len(points) - 2  # finished points are not retrained
     assert all(os.path.getmtime(out / "points" / n / "point.json") == t for n, t in stamps.items())
+    # another recipe (more steps) is not the same point: it is retrained, not reused
+    again = []
+    settings.max_steps += 1
+    run_sweep(points[:1], settings, evaluate_fn=lambda *a: again.append(a) or fake_accuracy(*a), progress=False)
+    assert len(again) == 1
+    settings.max_steps -= 1
+    run_sweep(points[:1], settings, evaluate_fn=lambda *a: again.append(a) or fake_accuracy(*a), progress=False)
+    assert len(again) == 2
+    records = run_sweep(points, settings, evaluate_fn=fake_accuracy, progress=False)
     rec = records[0]
     assert rec["dpvr_config"]["split"] == rec["settings"]["split"]
     assert 0 < rec["flops_saving"] < 1 and rec["trainable_parameters"] > 0
 
-    report = write_report(records, out, suggested_split=2)
+    report = write_report(records, out, suggested_split=2, reference={"pope": 50.0, "count": 25.0, "overall": 37.5})
+    assert "| vanilla (reference, untrained) | – | 25.0 | 50.0 | 37.5 |" in report["markdown"]
     rows = aggregate(records)
     assert len(rows) == 2 and all(r["seeds"] == [0, 1] for r in rows)
     for name in ("table.json", "table.csv", "table.md", "accuracy_vs_split.png", "accuracy_vs_flops.png"):
@@ -107,3 +117,23 @@ def test_point_evaluation_goes_through_dpvr_eval(tiny_dir, tmp_path):
     assert set(acc) == {"pope", "count", "overall"}
     assert all(0 <= v <= 100 for v in acc.values())
     assert acc["overall"] == (acc["pope"] + acc["count"]) / 2
+
+
+def test_vanilla_reference_is_the_base_model_and_is_reused(tiny_dir, tmp_path):
+    from dpvr.evaluation.runner import evaluate_model, load_records
+    from dpvr.sweep import reference_accuracy
+    from dpvr.train.run import load_base
+
+    settings = settings_for(tiny_dir, tmp_path / "sweep", eval_limit=2)
+    ref = reference_accuracy(settings)
+    base, processor = load_base(settings.model)
+    records = load_records(settings.benchmark, settings.families, 2)
+    fams, _ = evaluate_model(base, processor, records, settings.benchmark, batch_size=8, progress=False)
+    assert {f: ref[f] for f in fams} == {f: s["accuracy"] for f, s in fams.items()}
+    # reused while the evaluation settings match; recomputed when they change
+    assert reference_accuracy(settings, evaluate_fn=lambda *a: pytest.fail("recomputed")) == ref
+    settings.eval_limit = 3
+    assert reference_accuracy(settings, evaluate_fn=lambda *a: {"overall": 1.0}) == {"overall": 1.0}
+    report = write_report([], tmp_path / "sweep", reference=ref)
+    assert json.loads((tmp_path / "sweep" / "table.json").read_text())["reference"] == ref
+    assert report["markdown"] == "(no finished points)\n"

@@ -57,12 +57,15 @@ def add_parser(sub) -> None:
     p.add_argument("--max-samples", type=int, help="train on at most this many records")
     p.add_argument("--analysis", help="saturation.json of `dpvr analyze`, to mark the suggested split on the plot")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="run only every N-th point starting at I (I/N)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip evaluating the untrained base model (the 'vanilla' line of the table and plots; "
+                        "computed once per output folder and reused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from dpvr.sweep import SweepSettings, expand_grid, parse_grid, run_sweep
+    from dpvr.sweep import SweepSettings, expand_grid, parse_grid, reference_accuracy, run_sweep
     from dpvr.sweep.report import write_report
 
     grid = parse_grid(args.grid)
@@ -82,7 +85,8 @@ def run(args) -> int:
     suggested = None
     if args.analysis:
         suggested = json.loads(Path(args.analysis).read_text()).get("suggested_split")
-    report = write_report(records, args.out, suggested)
+    reference = None if args.no_reference else reference_accuracy(settings)
+    report = write_report(records, args.out, suggested, reference)
     print(report["markdown"])
     missing = len(points) - len(records)
     if missing:

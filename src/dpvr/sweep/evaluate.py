@@ -7,12 +7,24 @@ from pathlib import Path
 
 def accuracy_of_adapter(model_dir: str, adapter_dir: str | Path, settings) -> dict:
     """``{family: accuracy %, ..., "overall": mean over families}`` of the adapter on the benchmark."""
-    from dpvr.evaluation.runner import evaluate_model, load_records
     from dpvr.model import DPVRModel
     from dpvr.train.run import load_base
 
     base, processor = load_base(model_dir)
-    model = DPVRModel.from_pretrained(base, adapter_dir)
+    return _accuracy(DPVRModel.from_pretrained(base, adapter_dir), processor, settings)
+
+
+def accuracy_of_base(model_dir: str, settings) -> dict:
+    """The same as :func:`accuracy_of_adapter` for the unwrapped base model (the sweep's vanilla reference)."""
+    from dpvr.train.run import load_base
+
+    base, processor = load_base(model_dir)
+    return _accuracy(base, processor, settings)
+
+
+def _accuracy(model, processor, settings) -> dict:
+    from dpvr.evaluation.runner import evaluate_model, load_records
+
     bench = settings.benchmark
     if bench is None:
         from dpvr import embedded

@@ -39,7 +39,7 @@ def aggregate(records: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: r["group"])
 
 
-def to_markdown(rows: list[dict]) -> str:
+def to_markdown(rows: list[dict], reference: dict | None = None) -> str:
     if not rows:
         return "(no finished points)\n"
     fams = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean") and not k.startswith("final_train_loss")]
@@ -51,6 +51,9 @@ def to_markdown(rows: list[dict]) -> str:
         cells += [f"{r['trainable_parameters']:,}", f"{100 * r['flops_saving']:.1f} %",
                   f"{r['final_train_loss_mean']:.3f} ± {r['final_train_loss_std']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if reference is not None:
+        cells = ["vanilla (reference, untrained)", "–"] + [f"{reference[f]:.1f}" if f in reference else "–" for f in fams]
+        lines.append("| " + " | ".join(cells + ["0", "0.0 %", "–"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +67,7 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def plot(rows: list[dict], out: Path, suggested_split: int | None = None) -> list[Path]:
+def plot(rows: list[dict], out: Path, suggested_split: int | None = None, reference: dict | None = None) -> list[Path]:
     """accuracy vs split / K / D (other axes at their most common value) and vs FLOPs saving."""
     import matplotlib
 
@@ -89,6 +92,8 @@ def plot(rows: list[dict], out: Path, suggested_split: int | None = None) -> lis
                         label=", ".join([key[0]] + [f"{k}={v}" for k, v in key[1:]]))
         if axis == "split" and suggested_split is not None:
             ax.axvline(suggested_split, color="grey", ls="--", lw=1, label=f"suggested split {suggested_split}")
+        _reference_line(ax, reference)
+        ax.set_xticks(sorted({x for pts in series.values() for x, _, _ in pts}))  # integer axes
         ax.set_xlabel(label)
         ax.set_ylabel("overall accuracy (%)")
         ax.grid(alpha=0.3)
@@ -101,6 +106,8 @@ def plot(rows: list[dict], out: Path, suggested_split: int | None = None) -> lis
     for r in rows:
         ax.errorbar(100 * r["flops_saving"], r["overall_mean"], yerr=r["overall_std"], marker="o", capsize=3)
         ax.annotate(r["group"].replace("_", " "), (100 * r["flops_saving"], r["overall_mean"]), fontsize=5)
+    if _reference_line(ax, reference):
+        ax.legend(fontsize=6)
     ax.set_xlabel("analytic LM prefill FLOPs saving (%)")
     ax.set_ylabel("overall accuracy (%)")
     ax.grid(alpha=0.3)
@@ -109,6 +116,13 @@ def plot(rows: list[dict], out: Path, suggested_split: int | None = None) -> lis
     _save(fig, path)
     written.append(path)
     return written
+
+
+def _reference_line(ax, reference: dict | None) -> bool:
+    if reference is None or "overall" not in reference:
+        return False
+    ax.axhline(reference["overall"], color="black", ls=":", lw=1, label=f"vanilla {reference['overall']:.1f}")
+    return True
 
 
 def _save(fig, path: Path) -> None:
@@ -122,12 +136,15 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_report(records: list[dict], out: str | Path, suggested_split: int | None = None) -> dict:
+def write_report(records: list[dict], out: str | Path, suggested_split: int | None = None,
+                 reference: dict | None = None) -> dict:
+    """Write table.{json,csv,md} and the plots; ``reference``: the base model's accuracy per family."""
     out = Path(out)
     rows = aggregate(records)
-    write_json_atomic(out / "table.json", {"rows": rows, "points": records, "suggested_split": suggested_split})
+    write_json_atomic(out / "table.json", {"rows": rows, "points": records, "suggested_split": suggested_split,
+                                           "reference": reference})
     write_text_atomic(out / "table.csv", to_csv(rows))
-    md = to_markdown(rows)
+    md = to_markdown(rows, reference)
     write_text_atomic(out / "table.md", md)
-    plots = plot(rows, out, suggested_split) if rows else []
+    plots = plot(rows, out, suggested_split, reference) if rows else []
     return {"rows": rows, "markdown": md, "plots": [str(p) for p in plots]}

@@ -5,9 +5,11 @@ Layout::
     OUT/sweep.json                 the settings of the sweep
     OUT/points/<name>/train/       the point's training output (adapter, loss curve, result)
     OUT/points/<name>/point.json   written last: settings, accuracy per family, loss, FLOPs saving
+    OUT/vanilla.json               the base model's accuracy with the same evaluation (reference)
     OUT/table.{json,csv,md}, OUT/*.png   the aggregate (dpvr.sweep.report)
 
-A point is finished when its ``point.json`` exists with the same settings: it is never retrained,
+A point is finished when its ``point.json`` exists with the same grid values and recipe (steps,
+batch size, data, model, evaluation): it is never retrained,
 so an interrupted sweep resumes where it stopped. A point in progress holds ``.lock`` (pid and
 host); other processes writing to the same folder skip it, and a lock whose process has died is
 taken over. ``shard=(i, n)`` gives process i every n-th point, e.g. one process per GPU.
@@ -29,6 +31,7 @@ from dpvr.io import write_json_atomic
 from dpvr.sweep.grid import Point
 
 POINT_FILE = "point.json"
+REFERENCE_FILE = "vanilla.json"
 LOCK_FILE = ".lock"
 
 
@@ -95,6 +98,24 @@ def _final_loss(loss_jsonl: Path, last: int = 50) -> float | None:
     return sum(losses) / len(losses) if losses else None
 
 
+def _weights_stamp(model: str | None) -> str | None:
+    """sha256 prefix of the model's weights file, so a rebuilt base model is not mistaken for the old one."""
+    import hashlib
+
+    if model is None:
+        from dpvr import embedded
+
+        model = str(embedded.checkpoint_path())
+    path = Path(model) / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def recipe(settings: SweepSettings) -> dict:
+    """What a point's result depends on besides its grid values (a finished point is reused only if equal)."""
+    out = {k: v for k, v in asdict(settings).items() if k not in ("out", "shard", "eval_batch_size")}
+    return out | {"weights_sha256": _weights_stamp(settings.model)}
+
+
 def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn) -> dict:
     """Train and evaluate one point; returns (and writes, last) its record."""
     from dpvr.train import TrainArgs, train
@@ -131,6 +152,7 @@ def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn) 
         "variant": point.variant,
         "seed": point.seed,
         "settings": {k: v for k, v in values.items()},
+        "recipe": recipe(settings),
         "dpvr_config": summary["dpvr_config"],
         "trainable_parameters": summary["trainable_parameters"],
         "final_train_loss": _final_loss(train_dir / "loss.jsonl"),
@@ -167,11 +189,12 @@ def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, pr
     index, count = settings.shard
     mine = [p for i, p in enumerate(points) if i % count == index]
     bar = tqdm(mine, desc="sweep", unit="point", disable=not progress)
+    want = recipe(settings)
     for point in bar:
         folder = out / "points" / point.name
         done = point_record(folder)
         bar.set_postfix_str(point.name)
-        if done is not None and done.get("settings") == point.values:
+        if done is not None and done.get("settings") == point.values and done.get("recipe") == want:
             continue
         if not _take_lock(folder):
             continue  # another process is on it
@@ -179,4 +202,35 @@ def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, pr
             run_point(point, settings, folder, evaluate_fn)
         finally:
             (folder / LOCK_FILE).unlink(missing_ok=True)
-    return [r for p in points if (r := point_record(out / "points" / p.name)) is not None]
+    want = recipe(settings)
+    return [r for p in points if (r := point_record(out / "points" / p.name)) is not None
+            and r.get("settings") == p.values and r.get("recipe") == want]
+
+
+def _eval_settings(settings: SweepSettings) -> dict:
+    return {"model": settings.model, "benchmark": settings.benchmark, "families": settings.families,
+            "eval_limit": settings.eval_limit}
+
+
+def reference_accuracy(settings: SweepSettings, evaluate_fn=None) -> dict:
+    """Accuracy of the unwrapped base model under the sweep's evaluation settings (OUT/vanilla.json).
+
+    Computed once and reused while the evaluation settings are unchanged; every table and plot
+    of the sweep shows it as the line the trained points are compared with.
+    """
+    path = Path(settings.out) / REFERENCE_FILE
+    wanted = _eval_settings(settings)
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done.get("settings") == wanted:
+            return done["accuracy"]
+    if evaluate_fn is None:
+        from dpvr.sweep.evaluate import accuracy_of_base as evaluate_fn
+    model_dir = settings.model
+    if model_dir is None:
+        from dpvr import embedded
+
+        model_dir = str(embedded.checkpoint_path())
+    accuracy = evaluate_fn(model_dir, settings)
+    write_json_atomic(path, {"settings": wanted, "accuracy": accuracy})
+    return accuracy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from collections import Counter
 
@@ -67,8 +68,11 @@ def test_benchmark_records_have_the_fields(data):
             if fam == "mc":
                 assert len(r["options"]) == 4 and r["answer"] in "ABCD"
                 assert r["question"].endswith("Answer with the option's letter from the given choices directly.")
-            elif fam in ("pope", "spatial"):
+            elif fam == "pope":
                 assert r["answer"] in ("Yes", "No") and r["question"].endswith("Answer with yes or no.")
+            elif fam == "spatial":  # GQA-style: both answers named in the question
+                assert r["answer"] in ("left", "right", "above", "below") and r["answer"] in r["question"]
+                assert r["question"].endswith("Answer the question using a single word or phrase.")
             else:
                 assert r["question"].endswith("Answer the question using a single word or phrase.")
 
@@ -79,6 +83,16 @@ def test_pope_balanced_per_category(data):
     per = Counter((r["category"], r["answer"]) for r in recs)
     for cat in POPE_CATEGORIES:
         assert per[(cat, "Yes")] == per[(cat, "No")] == N_TEST // 6
+
+
+def test_spatial_balanced_and_answerable_from_colour(data):
+    root, _ = data
+    recs = load_benchmark(root, "spatial")
+    first = sum(r["answer"] in ("left", "above") for r in recs)
+    assert first == len(recs) - first
+    for r in recs:  # the two named objects have different colours
+        a, b = re.findall(r"the (\w+) (?:circle|square|triangle|cross)", r["question"])
+        assert a != b
 
 
 def test_train_json_llava_format_with_multi_turn_captions_and_text_only(data):
@@ -141,3 +155,15 @@ def test_tokenize_conversation_labels_only_answers(data):
     assert record_to_messages(rec)[0]["content"][0] == {"type": "image"}
     with pytest.raises(ValueError, match="unknown speaker"):
         record_to_messages({"id": "x", "conversations": [{"from": "bot", "value": "hi"}]})
+
+
+def test_scene_questions_never_empty():
+    """Every image record gets at least one question, however few questions the scene supports."""
+    import random
+
+    from dpvr.data.generate import _scene_questions
+    from dpvr.data.scenes import sample_scene
+
+    for i in range(400):
+        rng = random.Random(i)
+        assert _scene_questions(rng, sample_scene(rng, 1), 1)

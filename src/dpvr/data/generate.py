@@ -35,7 +35,7 @@ from dpvr.data import questions as Q
 from dpvr.data.scenes import (BACKGROUNDS, COLORS, digit_split, digit_twin, render_digit, render_scene, sample_digit,
                               sample_scene, scene_twin)
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 IMAGE_TOKEN = "<image>"
 
 
@@ -47,7 +47,7 @@ class DataConfig:
     num_train: int = 20000
     num_test_per_family: int = 300
     text_only_fraction: float = 0.02
-    digit_fraction: float = 0.25
+    digit_fraction: float = 0.35
     caption_fraction: float = 0.12
     multi_turn_fraction: float = 0.75
     max_turns: int = 6
@@ -108,14 +108,14 @@ _ASKER_WEIGHTS = (2.5, 0.6, 1.0, 2.0, 1.5)
 def _scene_questions(rng: random.Random, scene, k: int) -> list[Q.QA]:
     out: list[Q.QA] = []
     seen: set[str] = set()
-    for _ in range(8 * k):
+    for _ in range(8 * k + 24):
         if len(out) == k:
             break
         qa = rng.choices(_SCENE_ASKERS, weights=_ASKER_WEIGHTS)[0](rng, scene)
         if qa is not None and qa.question not in seen:
             seen.add(qa.question)
             out.append(qa)
-    return out
+    return out or [Q.ask_count(rng, scene)]  # never an empty conversation
 
 
 def _train_record(cfg: DataConfig, i: int, digit_pool: list[int]):
@@ -196,7 +196,7 @@ def _test_item(cfg: DataConfig, family: str, j: int, digit_pool: list[int], atte
     elif family == "color":
         scene, qa = Q.sample_color(rng)
     elif family == "spatial":
-        scene, qa = Q.sample_spatial(rng, answer=j % 2 == 0)
+        scene, qa = Q.sample_spatial(rng, first=j % 2 == 0)
     elif family == "mc":
         scene, qa = Q.sample_mc(rng, ("shape", "color")[j % 2])
     else:

@@ -124,45 +124,52 @@ def sample_color(rng: random.Random) -> tuple[list[Shape], QA]:
 
 # --------------------------------------------------------------------------- spatial
 
-SPATIAL_RELATIONS = {"left of": ("horizontal", -1), "right of": ("horizontal", 1),
-                     "above": ("vertical", -1), "below": ("vertical", 1)}
+#: axis -> (question template, the two answers in the order the question names them)
+SPATIAL_AXES = {"horizontal": ("Is the {a} to the left or to the right of the {b}?", ("left", "right")),
+                "vertical": ("Is the {a} above or below the {b}?", ("above", "below"))}
 MIN_GAP = 16  # pixels between centres along the asked axis
 
 
-def _relation_holds(a: Shape, b: Shape, relation: str) -> bool | None:
-    """Whether ``a`` is ``relation`` ``b``; None when the question would be ambiguous.
+def _first_option_holds(a: Shape, b: Shape, axis: str) -> bool | None:
+    """Whether ``a`` is left of / above ``b``; None when the question would be ambiguous.
 
     Asked only when the two centres are at least ``MIN_GAP`` apart along the axis and on
     opposite halves of the image, so the answer is unambiguous at a glance.
     """
     from dpvr.data.scenes import IMAGE_SIZE
 
-    axis, sign = SPATIAL_RELATIONS[relation]
     ca, cb = (a.cx, b.cx) if axis == "horizontal" else (a.cy, b.cy)
     half = IMAGE_SIZE / 2
     if abs(ca - cb) < MIN_GAP or (ca - half) * (cb - half) >= 0:
         return None
-    return ((ca - cb) * sign) > 0
+    return ca < cb
 
 
-def ask_spatial(rng: random.Random, scene: list[Shape], answer: bool | None = None) -> QA | None:
-    if len(scene) < 2:
+def ask_spatial(rng: random.Random, scene: list[Shape], first: bool | None = None) -> QA | None:
+    """"Is the red circle to the left or to the right of the blue square?" -> "left" / "right".
+
+    GQA's phrasing: both answers are named in the question, so chance is 50 %. The two objects
+    have colours unique in the scene (the relation, not shape recognition, is what is asked;
+    version 3 of the generator asked yes/no about any pair and the tiny model stayed at chance).
+    ``first``: whether the answer is the first option named (left / above); None: either.
+    """
+    unique = _unique_colors(scene)
+    if len(unique) < 2:
         return None
-    answer = rng.random() < 0.5 if answer is None else answer
-    pairs = [(a, b, r) for a in scene for b in scene if a is not b for r in SPATIAL_RELATIONS
-             if _relation_holds(a, b, r) is answer]
-    if not pairs:
+    cands = [(a, b, axis) for a in unique for b in unique if a is not b for axis in SPATIAL_AXES
+             if (holds := _first_option_holds(a, b, axis)) is not None and (first is None or holds is first)]
+    if not cands:
         return None
-    a, b, rel = rng.choice(pairs)
-    word = {"left of": "to the left of", "right of": "to the right of"}.get(rel, rel)
-    q = f"Is the {object_name(a.obj)} {word} the {object_name(b.obj)}?\n{YESNO}"
-    return QA(q, _yes_no(answer), "spatial", SPATIAL_RELATIONS[rel][0])
+    a, b, axis = rng.choice(cands)
+    template, answers = SPATIAL_AXES[axis]
+    q = template.format(a=object_name(a.obj), b=object_name(b.obj)) + f"\n{SHORT}"
+    return QA(q, answers[0] if _first_option_holds(a, b, axis) else answers[1], "spatial", axis)
 
 
-def sample_spatial(rng: random.Random, answer: bool) -> tuple[list[Shape], QA]:
+def sample_spatial(rng: random.Random, first: bool) -> tuple[list[Shape], QA]:
     while True:
         scene = sample_scene(rng, 2)
-        qa = ask_spatial(rng, scene, answer)
+        qa = ask_spatial(rng, scene, first)
         if qa is not None:
             return scene, qa
 

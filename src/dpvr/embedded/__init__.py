@@ -13,6 +13,7 @@ per-family accuracy (with image, blind, chance) and the sha256 of every shipped 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -80,7 +81,9 @@ def benchmark_dir(cache_dir: str | os.PathLike | None = None, progress: bool = T
     root = Path(cache_dir) if cache_dir else cache_root() / f"data-{cfg.seed}-{want[:12]}"
     manifest = root / "manifest.json"
     if not manifest.exists():
-        generate_dataset(root, overwrite=True, progress=progress, **info["config"]["data"])
+        with _exclusive(root.parent / f".{root.name}.lock"):  # several processes (sweep shards) at once
+            if not manifest.exists():
+                generate_dataset(root, overwrite=True, progress=progress, **info["config"]["data"])
     got = hashlib.sha256(manifest.read_bytes()).hexdigest()
     if got != want:
         raise ValueError(f"benchmark in {root} does not match the one the checkpoint was evaluated on "
@@ -88,6 +91,23 @@ def benchmark_dir(cache_dir: str | os.PathLike | None = None, progress: bool = T
                          "numpy/Pillow/scikit-learn render the same images as recorded in build.json")
     verify_dataset(root, prefixes=("images/test/",) + tuple(f"{f}.jsonl" for f in _families()))
     return root
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive advisory lock on ``lock_path`` (no-op where fcntl is missing)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _families() -> tuple[str, ...]:

@@ -54,8 +54,8 @@ class BuildConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: TinyArch = field(default_factory=TinyArch)
     clip: StageConfig = StageConfig(steps=1000, lr=1e-3, batch=64, warmup=30, weight_decay=0.1)
-    align: StageConfig = StageConfig(steps=200, lr=1e-3, batch=2048, warmup=30, vision_lr_scale=0.3)
-    instruct: StageConfig = StageConfig(steps=900, lr=1e-3, batch=2048, warmup=50, vision_lr_scale=0.3)
+    align: StageConfig = StageConfig(steps=800, lr=1e-3, batch=2048, warmup=30, vision_lr_scale=1.0)
+    instruct: StageConfig = StageConfig(steps=1400, lr=1e-3, batch=2048, warmup=50, vision_lr_scale=0.3)
     eval_limit: int | None = None  # items per family (None: all)
     blind_eval_limit: int | None = 120  # items per family for the blank-image run
     threads: int = 2

@@ -89,7 +89,7 @@ def evaluate(model, processor, root: str | Path, families=FAMILIES, blind: bool 
         entry = {"accuracy": round(100 * sum(correct) / max(1, len(correct)), 2), "n": len(correct),
                  "chance": round(CHANCE[fam], 2),
                  "categories": {k: round(100 * sum(v) / len(v), 2) for k, v in sorted(by_cat.items())}}
-        if fam in ("pope", "spatial"):
+        if fam == "pope":
             entry["yes_ratio"] = round(100 * sum(normalize_answer(p) == "yes" for p in preds) / max(1, len(preds)), 2)
         report[fam] = entry
     return report

@@ -61,7 +61,7 @@ def _head_inputs(model, processor, data: Path) -> torch.Tensor:
     from dpvr.evaluation.generation import Prompt, encode, user_turn
     from dpvr.evaluation.runner import load_records
 
-    records = [r for fam in load_records(data, ["pope", "spatial"]).values() for r in fam]
+    records = [r for fam in load_records(data, ["pope"]).values() for r in fam]  # the yes/no family
     prompts = [Prompt([user_turn(r["question"])], [Image.open(data / r["image"]).convert("RGB")]) for r in records]
     seen = []
     hook = model.lm_head.register_forward_hook(lambda mod, args, out: seen.append(args[0][:, -1]))

@@ -156,14 +156,14 @@ def ask_spatial(rng: random.Random, scene: list[Shape], first: bool | None = Non
     unique = _unique_colors(scene)
     if len(unique) < 2:
         return None
-    cands = [(a, b, axis) for a in unique for b in unique if a is not b for axis in SPATIAL_AXES
+    cands = [(a, b, axis, holds) for a in unique for b in unique if a is not b for axis in SPATIAL_AXES
              if (holds := _first_option_holds(a, b, axis)) is not None and (first is None or holds is first)]
     if not cands:
         return None
-    a, b, axis = rng.choice(cands)
+    a, b, axis, holds = rng.choice(cands)
     template, answers = SPATIAL_AXES[axis]
     q = template.format(a=object_name(a.obj), b=object_name(b.obj)) + f"\n{SHORT}"
-    return QA(q, answers[0] if _first_option_holds(a, b, axis) else answers[1], "spatial", axis)
+    return QA(q, answers[0] if holds else answers[1], "spatial", axis)
 
 
 def sample_spatial(rng: random.Random, first: bool) -> tuple[list[Shape], QA]:

@@ -98,26 +98,34 @@ def _final_loss(loss_jsonl: Path, last: int = 50) -> float | None:
     return sum(losses) / len(losses) if losses else None
 
 
-def _weights_stamp(model: str | None) -> str | None:
+def _model_dir(settings: SweepSettings) -> str:
+    """The base model folder: ``settings.model`` or the embedded checkpoint."""
+    if settings.model is not None:
+        return settings.model
+    from dpvr import embedded
+
+    return str(embedded.checkpoint_path())
+
+
+def _weights_stamp(settings: SweepSettings) -> str | None:
     """sha256 prefix of the model's weights file, so a rebuilt base model is not mistaken for the old one."""
     import hashlib
 
-    if model is None:
-        from dpvr import embedded
-
-        model = str(embedded.checkpoint_path())
-    path = Path(model) / "model.safetensors"
+    path = Path(_model_dir(settings)) / "model.safetensors"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
 def recipe(settings: SweepSettings) -> dict:
     """What a point's result depends on besides its grid values (a finished point is reused only if equal)."""
     out = {k: v for k, v in asdict(settings).items() if k not in ("out", "shard", "eval_batch_size")}
-    return out | {"weights_sha256": _weights_stamp(settings.model)}
+    return out | {"weights_sha256": _weights_stamp(settings)}
 
 
-def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn) -> dict:
-    """Train and evaluate one point; returns (and writes, last) its record."""
+def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn, point_recipe: dict | None = None) -> dict:
+    """Train and evaluate one point; returns (and writes, last) its record.
+
+    ``point_recipe``: :func:`recipe` of ``settings`` when the caller has it (it hashes the weights).
+    """
     from dpvr.train import TrainArgs, train
     from transformers import AutoConfig
 
@@ -127,11 +135,7 @@ def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn) 
     train_dir = folder / "train"
     if train_dir.exists():  # left by an interrupted run: start the point again
         shutil.rmtree(train_dir)
-    model_dir = settings.model
-    if model_dir is None:
-        from dpvr import embedded
-
-        model_dir = str(embedded.checkpoint_path())
+    model_dir = _model_dir(settings)
     model_config = AutoConfig.from_pretrained(model_dir)
     num_layers = model_config.get_text_config().num_hidden_layers
     split = values.get("split", settings.split if settings.split is not None else default_split(num_layers))
@@ -152,7 +156,7 @@ def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn) 
         "variant": point.variant,
         "seed": point.seed,
         "settings": {k: v for k, v in values.items()},
-        "recipe": recipe(settings),
+        "recipe": point_recipe if point_recipe is not None else recipe(settings),
         "dpvr_config": summary["dpvr_config"],
         "trainable_parameters": summary["trainable_parameters"],
         "final_train_loss": _final_loss(train_dir / "loss.jsonl"),
@@ -199,10 +203,9 @@ def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, pr
         if not _take_lock(folder):
             continue  # another process is on it
         try:
-            run_point(point, settings, folder, evaluate_fn)
+            run_point(point, settings, folder, evaluate_fn, want)
         finally:
             (folder / LOCK_FILE).unlink(missing_ok=True)
-    want = recipe(settings)
     return [r for p in points if (r := point_record(out / "points" / p.name)) is not None
             and r.get("settings") == p.values and r.get("recipe") == want]
 
@@ -226,11 +229,6 @@ def reference_accuracy(settings: SweepSettings, evaluate_fn=None) -> dict:
             return done["accuracy"]
     if evaluate_fn is None:
         from dpvr.sweep.evaluate import accuracy_of_base as evaluate_fn
-    model_dir = settings.model
-    if model_dir is None:
-        from dpvr import embedded
-
-        model_dir = str(embedded.checkpoint_path())
-    accuracy = evaluate_fn(model_dir, settings)
+    accuracy = evaluate_fn(_model_dir(settings), settings)
     write_json_atomic(path, {"settings": wanted, "accuracy": accuracy})
     return accuracy

@@ -212,13 +212,13 @@ def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, pr
 
 def _eval_settings(settings: SweepSettings) -> dict:
     return {"model": settings.model, "benchmark": settings.benchmark, "families": settings.families,
-            "eval_limit": settings.eval_limit}
+            "eval_limit": settings.eval_limit, "weights_sha256": _weights_stamp(settings)}
 
 
 def reference_accuracy(settings: SweepSettings, evaluate_fn=None) -> dict:
     """Accuracy of the unwrapped base model under the sweep's evaluation settings (OUT/vanilla.json).
 
-    Computed once and reused while the evaluation settings are unchanged; every table and plot
+    Computed once and reused while the evaluation settings and base weights are unchanged; every table and plot
     of the sweep shows it as the line the trained points are compared with.
     """
     path = Path(settings.out) / REFERENCE_FILE

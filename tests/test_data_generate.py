@@ -167,3 +167,35 @@ def test_scene_questions_never_empty():
     for i in range(400):
         rng = random.Random(i)
         assert _scene_questions(rng, sample_scene(rng, 1), 1)
+
+
+def test_family_read_back_from_every_question(data):
+    from dpvr.data.questions import family_of_question
+
+    data, _ = data
+    for fam in FAMILIES:
+        assert {family_of_question(r["question"]) for r in load_benchmark(data, fam)} == {fam}
+    seen = Counter(family_of_question(t["value"]) for r in json.loads((data / "train.json").read_text())
+                   for t in r["conversations"][::2])
+    assert set(FAMILIES) <= set(seen) <= set(FAMILIES) | {"digit_color", "caption", "text"}
+
+
+def test_focus_records_are_single_questions_of_the_families(data):
+    from dpvr.data.questions import family_of_question
+    from dpvr.tiny.build import focus_records
+
+    data, _ = data
+    records = json.loads((data / "train.json").read_text())
+    pope = focus_records(records, ("pope",))
+    by_id = {r["id"]: r for r in records}
+    n_pope = sum(family_of_question(t["value"]) == "pope" for r in records if "image" in r
+                 for t in r["conversations"][::2])
+    assert len(pope) == n_pope > 0
+    for r in pope:
+        human, gpt = r["conversations"]
+        assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
+        assert family_of_question(human["value"]) == "pope" and gpt["value"] in ("Yes", "No")
+        src = by_id[r["id"].rsplit("-", 1)[0]]
+        assert r["image"] == src["image"] and gpt in src["conversations"]
+    with pytest.raises(ValueError, match="no training questions"):
+        focus_records(records, ("nonexistent",))

@@ -21,10 +21,12 @@ def test_quick_build_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert set(info["results"]) == {"pope", "mc", "count", "color", "spatial", "digit"}
     for r in info["results"].values():
         assert {"accuracy", "blind", "chance", "n"} <= set(r)
-    assert set(info["stages"]) == {"clip", "align", "instruct"}
+    stages = ["clip", "align", "instruct", "focus_pope", "focus_all"]
+    assert list(info["stages"]) == stages
+    assert [st["name"] for st in info["config"]["focus"]] == stages[3:]
     assert (out / "losses.png").stat().st_size > 0
-    assert {json.loads(x)["stage"] for x in (out / "losses.jsonl").read_text().splitlines()} == {
-        "clip", "align", "instruct"}
+    logged = [json.loads(x)["stage"] for x in (out / "losses.jsonl").read_text().splitlines()]
+    assert list(dict.fromkeys(logged)) == stages
     model = LlavaForConditionalGeneration.from_pretrained(out)
     proc = AutoProcessor.from_pretrained(out)
     cfg = model.config

@@ -254,3 +254,33 @@ def text_only(rng: random.Random) -> QA:
         return QA(f"Is {word} a color?\n{YESNO}", _yes_no(word in COLORS), "text", "is_color")
     a, b = rng.randint(1, 4), rng.randint(0, 4)
     return QA(f"What is {a} plus {b}?\n{SHORT}", str(a + b), "text", "sum")
+
+
+# --------------------------------------------------------------------------- reading questions back
+
+def family_of_question(question: str) -> str:
+    """The family a generated question belongs to, read back from its wording.
+
+    ``question`` is a user turn as the generator writes it (the ``<image>`` line, if any, is
+    ignored). Returns one of :data:`FAMILIES`, ``"digit_color"``, ``"caption"``, ``"text"``.
+    """
+    q = question.replace("<image>", "").strip()
+    stem = q.split("\n", 1)[0]
+    if q.endswith(LETTER):
+        return "mc"
+    if stem in CAPTION_PROMPTS:
+        return "caption"
+    if stem.startswith("Is there ") and stem.endswith(" in the image?"):
+        return "pope"
+    if stem == "How many objects are there in the image?":
+        return "count"
+    if stem == "What digit is written in the image?":
+        return "digit"
+    if stem == "What color is the digit?":
+        return "digit_color"
+    if any(stem.startswith(t.split("{a}")[0]) and t.split("{b}")[0].split("{a}")[1] in stem
+           for t, _ in SPATIAL_AXES.values()):
+        return "spatial"
+    if stem.startswith("What color is the "):
+        return "color"
+    return "text"

@@ -1,4 +1,4 @@
-"""``dpvr tiny build``: data -> tokenizer -> (a) CLIP -> (b) align -> (c) instruct -> eval -> checkpoint.
+"""``dpvr tiny build``: data -> tokenizer -> (a) CLIP -> (b) align -> (c) instruct -> (d) focus -> eval -> checkpoint.
 
     from dpvr.tiny.build import build, BuildConfig
     build("runs/tiny", BuildConfig.full(seed=0))
@@ -49,6 +49,21 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class FocusStage:
+    """Stage (d), a curriculum after the mixed instruction tuning: single-question records built
+    from ``train.json``'s own conversations, only those of ``families`` (see :func:`focus_records`).
+
+    A small model learns the families it reads early (count, colour, digit) from the mixed data
+    and stays at chance on the rest; a stage on one family alone gets it off the plateau, and a
+    last stage on all families at a lower rate brings the others back without losing it.
+    """
+
+    name: str
+    families: tuple[str, ...]
+    stage: StageConfig
+
+
+@dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -56,6 +71,12 @@ class BuildConfig:
     clip: StageConfig = StageConfig(steps=1000, lr=1e-3, batch=64, warmup=30, weight_decay=0.1)
     align: StageConfig = StageConfig(steps=800, lr=1e-3, batch=2048, warmup=30, vision_lr_scale=1.0)
     instruct: StageConfig = StageConfig(steps=1400, lr=1e-3, batch=2048, warmup=50, vision_lr_scale=0.3)
+    focus: tuple[FocusStage, ...] = (
+        FocusStage("focus_pope", ("pope",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30)),
+        FocusStage("focus_mc", ("mc",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30)),
+        FocusStage("focus_all", ("pope", "mc", "count", "color", "spatial", "digit", "digit_color"),
+                   StageConfig(steps=600, lr=3e-4, batch=2048, warmup=30)),
+    )
     eval_limit: int | None = None  # items per family (None: all)
     blind_eval_limit: int | None = 120  # items per family for the blank-image run
     threads: int = 2
@@ -72,6 +93,8 @@ class BuildConfig:
             clip=StageConfig(steps=4, lr=1e-3, batch=32, warmup=2, weight_decay=0.1),
             align=StageConfig(steps=4, lr=1e-3, batch=1024, warmup=2),
             instruct=StageConfig(steps=8, lr=5e-4, batch=1024, warmup=2, vision_lr_scale=0.3),
+            focus=(FocusStage("focus_pope", ("pope",), StageConfig(steps=3, lr=5e-4, batch=1024, warmup=1)),
+                   FocusStage("focus_all", FAMILIES, StageConfig(steps=3, lr=2e-4, batch=1024, warmup=1))),
             eval_limit=4, blind_eval_limit=4, threads=1,
         )
 
@@ -95,6 +118,30 @@ def caption_records(captions: list[dict], seed: int) -> list[dict]:
              "conversations": [{"from": "human", "value": "<image>\n" + rng.choice(CAPTION_PROMPTS)},
                                {"from": "gpt", "value": c["caption"][0].upper() + c["caption"][1:]}]}
             for i, c in enumerate(captions)]
+
+
+def focus_records(records: list[dict], families: tuple[str, ...]) -> list[dict]:
+    """Single-question LLaVA records: every turn of ``records`` whose question is of ``families``.
+
+    Each becomes ``<image>\\n question -> answer`` about the record's image (families are read
+    back from the wording, :func:`dpvr.data.questions.family_of_question`).
+    """
+    from dpvr.data.questions import family_of_question
+
+    out = []
+    for rec in records:
+        if "image" not in rec:
+            continue
+        conv = rec["conversations"]
+        for k in range(0, len(conv) - 1, 2):
+            q = conv[k]["value"].replace("<image>\n", "")
+            if family_of_question(q) in families:
+                out.append({"id": f"{rec['id']}-{k // 2}", "image": rec["image"],
+                            "conversations": [{"from": "human", "value": "<image>\n" + q},
+                                              {"from": "gpt", "value": conv[k + 1]["value"]}]})
+    if not out:
+        raise ValueError(f"no training questions of families {families}")
+    return out
 
 
 def _versions() -> dict:
@@ -159,25 +206,27 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
     model = stages.new_llava(cfg, len(processor.tokenizer), clip)
     del clip
 
-    # 5. stage (b): align on captions; 6. stage (c): instruction tuning. A stage with a frozen
-    # tower trains on cached features (computed from the tower as it is when the stage starts).
+    # 5. stage (b): align on captions; 6. stage (c): instruction tuning; 7. stage (d): focus
+    # curriculum. A stage with a frozen tower trains on cached features (computed from the tower
+    # as it is when the stage starts).
     logs_by_stage, features = {}, None
-    for st, recs in (("align", caption_records(captions, cfg.seed)), ("instruct", records)):
-        frozen = getattr(cfg, st).vision_lr_scale == 0
+    plan = [("align", cfg.align, caption_records(captions, cfg.seed)), ("instruct", cfg.instruct, records)]
+    plan += [(f.name, f.stage, focus_records(records, f.families)) for f in cfg.focus]
+    for st, stage_cfg, recs in plan:
+        frozen = stage_cfg.vision_lr_scale == 0
         if frozen and features is None:
             t = time.time()
             features = stages.cache(model, pixels, progress)
             timings[f"cache_{st}"] = time.time() - t
         t = time.time()
         logs_by_stage[st] = stages.run_lm(model, features if frozen else pixels, recs, row, processor.tokenizer,
-                                          cfg, st, logs, progress)
+                                          cfg, st, logs, progress, stage_cfg=stage_cfg)
         if not frozen:
             features = None  # the tower changed: a later frozen stage re-caches
         timings[st] = time.time() - t
     del pixels, features
-    align_log, inst_log = logs_by_stage["align"], logs_by_stage["instruct"]
 
-    # 7. save, evaluate with the stock classes reloaded from disk
+    # 8. save, evaluate with the stock classes reloaded from disk
     t = time.time()
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
@@ -208,7 +257,7 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
                  "counts": manifest["counts"]},
         "num_image_tokens": cfg.arch.num_image_tokens,
         "parameters": sum(p.numel() for p in reloaded.parameters()),
-        "stages": {"clip": _summary(clip_log), "align": _summary(align_log), "instruct": _summary(inst_log)},
+        "stages": {"clip": _summary(clip_log), **{st: _summary(rows) for st, rows in logs_by_stage.items()}},
         "results": results,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "wall_time_s": round(time.time() - t_start, 1),

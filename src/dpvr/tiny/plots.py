@@ -25,7 +25,7 @@ def plot_losses(jsonl: str | os.PathLike, png: str | os.PathLike, smooth: int = 
             ys = [sum(y[max(0, i - smooth + 1): i + 1]) / len(y[max(0, i - smooth + 1): i + 1]) for i in range(len(y))]
             ax.plot(x, ys, lw=1.5, color="C0")
         ax.set_title({"clip": "(a) CLIP contrastive", "align": "(b) align on captions",
-                      "instruct": "(c) instruction tuning"}.get(st, st))
+                      "instruct": "(c) instruction tuning"}.get(st, st.replace("focus_", "(d) focus: ")))
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)

@@ -61,8 +61,8 @@ def cache(model, pixels, progress) -> torch.Tensor:
 
 
 def run_lm(model, features, records, row, tokenizer, cfg, stage: str, log_path, progress, eval_fn=None,
-           eval_every: int = 0):
-    s = getattr(cfg, stage)
+           eval_every: int = 0, stage_cfg=None):
+    s = stage_cfg if stage_cfg is not None else getattr(cfg, stage)
     examples = build_examples(records, tokenizer, cfg.arch.num_image_tokens, row)
     return train_lm(model, features, examples, stage=stage, steps=s.steps, batch_tokens=s.batch, lr=s.lr,
                     seed=cfg.seed, warmup=s.warmup, weight_decay=s.weight_decay, log_path=log_path,

@@ -182,7 +182,7 @@ def test_family_read_back_from_every_question(data):
 
 def test_focus_records_are_single_questions_of_the_families(data):
     from dpvr.data.questions import family_of_question
-    from dpvr.tiny.build import focus_records
+    from dpvr.tiny.focus import focus_records, mc_text_records
 
     data, _ = data
     records = json.loads((data / "train.json").read_text())
@@ -197,5 +197,19 @@ def test_focus_records_are_single_questions_of_the_families(data):
         assert family_of_question(human["value"]) == "pope" and gpt["value"] in ("Yes", "No")
         src = by_id[r["id"].rsplit("-", 1)[0]]
         assert r["image"] == src["image"] and gpt in src["conversations"]
+    from dpvr.data.questions import mc_kind
+
+    kinds = {k: focus_records(records, (f"mc/{k}",)) for k in ("color", "shape")}
+    assert all(kinds.values())
+    assert {mc_kind(r["conversations"][0]["value"]) for r in kinds["color"]} == {"color"}
+    assert len(kinds["color"]) + len(kinds["shape"]) == len(focus_records(records, ("mc",)))
+    text = mc_text_records(records)
+    assert len(text) == len(focus_records(records, ("mc",))) > 0
+    for r in text:
+        assert "image" not in r and "<image>" not in r["conversations"][0]["value"]
+        q, letter = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        named = q.split(". ", 1)[0].removeprefix("The answer is ")
+        assert f"\n{letter}. {named}\n" in q
+    assert len(focus_records(records, ("mc", "mc_text"))) == 2 * len(text)
     with pytest.raises(ValueError, match="no training questions"):
         focus_records(records, ("nonexistent",))

@@ -284,3 +284,9 @@ def family_of_question(question: str) -> str:
     if stem.startswith("What color is the "):
         return "color"
     return "text"
+
+
+def mc_kind(question: str) -> str:
+    """``"shape"`` or ``"color"``: what a generated multiple-choice question asks for."""
+    stem = question.replace("<image>", "").strip().split("\n", 1)[0]
+    return "shape" if stem.startswith("What shape is ") else "color"

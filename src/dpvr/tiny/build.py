@@ -32,6 +32,7 @@ import torch
 
 from dpvr.data.generate import DataConfig, generate_dataset, verify_dataset
 from dpvr.data.questions import CAPTION_PROMPTS, FAMILIES
+from dpvr.tiny.focus import focus_records
 from dpvr.tiny.model import TinyArch
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -73,9 +74,10 @@ class BuildConfig:
     instruct: StageConfig = StageConfig(steps=1400, lr=1e-3, batch=2048, warmup=50, vision_lr_scale=0.3)
     focus: tuple[FocusStage, ...] = (
         FocusStage("focus_pope", ("pope",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30)),
-        FocusStage("focus_mc", ("mc",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30)),
-        FocusStage("focus_all", ("pope", "mc", "count", "color", "spatial", "digit", "digit_color"),
-                   StageConfig(steps=600, lr=3e-4, batch=2048, warmup=30)),
+        FocusStage("focus_spatial", ("spatial",), StageConfig(steps=500, lr=1e-3, batch=2048, warmup=30)),
+        FocusStage("focus_mc_text", ("mc_text",), StageConfig(steps=300, lr=1e-3, batch=2048, warmup=30)),
+        FocusStage("focus_mc", ("mc", "mc_text"), StageConfig(steps=600, lr=1e-3, batch=2048, warmup=30)),
+        FocusStage("focus_all", FAMILIES + ("digit_color",), StageConfig(steps=1000, lr=3e-4, batch=2048, warmup=30)),
     )
     eval_limit: int | None = None  # items per family (None: all)
     blind_eval_limit: int | None = 120  # items per family for the blank-image run
@@ -118,30 +120,6 @@ def caption_records(captions: list[dict], seed: int) -> list[dict]:
              "conversations": [{"from": "human", "value": "<image>\n" + rng.choice(CAPTION_PROMPTS)},
                                {"from": "gpt", "value": c["caption"][0].upper() + c["caption"][1:]}]}
             for i, c in enumerate(captions)]
-
-
-def focus_records(records: list[dict], families: tuple[str, ...]) -> list[dict]:
-    """Single-question LLaVA records: every turn of ``records`` whose question is of ``families``.
-
-    Each becomes ``<image>\\n question -> answer`` about the record's image (families are read
-    back from the wording, :func:`dpvr.data.questions.family_of_question`).
-    """
-    from dpvr.data.questions import family_of_question
-
-    out = []
-    for rec in records:
-        if "image" not in rec:
-            continue
-        conv = rec["conversations"]
-        for k in range(0, len(conv) - 1, 2):
-            q = conv[k]["value"].replace("<image>\n", "")
-            if family_of_question(q) in families:
-                out.append({"id": f"{rec['id']}-{k // 2}", "image": rec["image"],
-                            "conversations": [{"from": "human", "value": "<image>\n" + q},
-                                              {"from": "gpt", "value": conv[k + 1]["value"]}]})
-    if not out:
-        raise ValueError(f"no training questions of families {families}")
-    return out
 
 
 def _versions() -> dict:

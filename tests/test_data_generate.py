@@ -211,5 +211,7 @@ def test_focus_records_are_single_questions_of_the_families(data):
         named = q.split(". ", 1)[0].removeprefix("The answer is ")
         assert f"\n{letter}. {named}\n" in q
     assert len(focus_records(records, ("mc", "mc_text"))) == 2 * len(text)
+    both = focus_records(records, ("pope", "conversations"))
+    assert both[: len(records)] == records and both[len(records):] == pope
     with pytest.raises(ValueError, match="no training questions"):
         focus_records(records, ("nonexistent",))

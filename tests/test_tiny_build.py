@@ -16,7 +16,7 @@ def test_quick_build_writes_a_loadable_checkpoint(tmp_path, capsys):
     from dpvr.cli import main
 
     out = tmp_path / "tiny"
-    assert main(["tiny", "build", "--out", str(out), "--quick", "--quiet"]) == 0
+    assert main(["tiny", "build", "--out", str(out), "--quick", "--focus", "--quiet"]) == 0
     info = json.loads((out / "build.json").read_text())
     assert set(info["results"]) == {"pope", "mc", "count", "color", "spatial", "digit"}
     for r in info["results"].values():

@@ -19,13 +19,16 @@ def focus_records(records: list[dict], families: tuple[str, ...]) -> list[dict]:
 
     Each becomes ``<image>\\n question -> answer`` about the record's image (families are read
     back from the wording, :func:`family_of_question`). ``"mc/color"`` and ``"mc/shape"`` select
-    one kind of multiple-choice question; ``"mc_text"`` adds :func:`mc_text_records`.
+    one kind of multiple-choice question; ``"mc_text"`` adds :func:`mc_text_records`;
+    ``"conversations"`` adds ``records`` themselves, unchanged (captions, multi-turn, text-only),
+    so that a stage keeps the model on its instruction data while it focuses.
     """
     def wanted(q: str) -> bool:
         fam = family_of_question(q)
         return fam in families or (fam == "mc" and f"mc/{mc_kind(q)}" in families)
 
     out = mc_text_records(records) if "mc_text" in families else []
+    out += list(records) if "conversations" in families else []
     for rec in records:
         if "image" not in rec:
             continue

@@ -258,15 +258,23 @@ def text_only(rng: random.Random) -> QA:
 
 # --------------------------------------------------------------------------- reading questions back
 
+def _stem(question: str) -> str:
+    """First line of a user turn, without the ``<image>`` placeholder."""
+    return question.replace("<image>", "").strip().split("\n", 1)[0]
+
+
+#: (start, middle) of each spatial template: "Is the " ... " to the left or to the right of the "
+_SPATIAL_PARTS = tuple((t.split("{a}")[0], t.split("{a}")[1].split("{b}")[0]) for t, _ in SPATIAL_AXES.values())
+
+
 def family_of_question(question: str) -> str:
     """The family a generated question belongs to, read back from its wording.
 
     ``question`` is a user turn as the generator writes it (the ``<image>`` line, if any, is
     ignored). Returns one of :data:`FAMILIES`, ``"digit_color"``, ``"caption"``, ``"text"``.
     """
-    q = question.replace("<image>", "").strip()
-    stem = q.split("\n", 1)[0]
-    if q.endswith(LETTER):
+    stem = _stem(question)
+    if question.rstrip().endswith(LETTER):
         return "mc"
     if stem in CAPTION_PROMPTS:
         return "caption"
@@ -278,8 +286,7 @@ def family_of_question(question: str) -> str:
         return "digit"
     if stem == "What color is the digit?":
         return "digit_color"
-    if any(stem.startswith(t.split("{a}")[0]) and t.split("{b}")[0].split("{a}")[1] in stem
-           for t, _ in SPATIAL_AXES.values()):
+    if any(stem.startswith(start) and middle in stem for start, middle in _SPATIAL_PARTS):
         return "spatial"
     if stem.startswith("What color is the "):
         return "color"
@@ -288,5 +295,4 @@ def family_of_question(question: str) -> str:
 
 def mc_kind(question: str) -> str:
     """``"shape"`` or ``"color"``: what a generated multiple-choice question asks for."""
-    stem = question.replace("<image>", "").strip().split("\n", 1)[0]
-    return "shape" if stem.startswith("What shape is ") else "color"
+    return "shape" if _stem(question).startswith("What shape is ") else "color"

@@ -211,7 +211,7 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
             timings[f"cache_{st}"] = time.time() - t
         t = time.time()
         logs_by_stage[st] = stages.run_lm(model, features if frozen else pixels, recs, row, processor.tokenizer,
-                                          cfg, st, logs, progress, stage_cfg=stage_cfg)
+                                          cfg, st, stage_cfg, logs, progress)
         if not frozen:
             features = None  # the tower changed: a later frozen stage re-caches
         timings[st] = time.time() - t

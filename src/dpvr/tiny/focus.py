@@ -11,7 +11,15 @@ stated in the question), the way LLaVA's text-only instruction data teaches answ
 
 from __future__ import annotations
 
-from dpvr.data.questions import LETTER, LETTERS, family_of_question, mc_kind
+from dpvr.data.questions import LETTERS, family_of_question, mc_kind
+
+
+def _turns(records: list[dict]):
+    """(record, turn index, question without ``<image>``, answer) for every QA turn of ``records``."""
+    for rec in records:
+        conv = rec["conversations"]
+        for k in range(0, len(conv) - 1, 2):
+            yield rec, k // 2, conv[k]["value"].replace("<image>\n", ""), conv[k + 1]["value"]
 
 
 def focus_records(records: list[dict], families: tuple[str, ...]) -> list[dict]:
@@ -29,16 +37,9 @@ def focus_records(records: list[dict], families: tuple[str, ...]) -> list[dict]:
 
     out = mc_text_records(records) if "mc_text" in families else []
     out += list(records) if "conversations" in families else []
-    for rec in records:
-        if "image" not in rec:
-            continue
-        conv = rec["conversations"]
-        for k in range(0, len(conv) - 1, 2):
-            q = conv[k]["value"].replace("<image>\n", "")
-            if wanted(q):
-                out.append({"id": f"{rec['id']}-{k // 2}", "image": rec["image"],
-                            "conversations": [{"from": "human", "value": "<image>\n" + q},
-                                              {"from": "gpt", "value": conv[k + 1]["value"]}]})
+    out += [{"id": f"{rec['id']}-{k}", "image": rec["image"],
+             "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}]}
+            for rec, k, q, a in _turns(records) if "image" in rec and wanted(q)]
     if not out:
         raise ValueError(f"no training questions of families {families}")
     return out
@@ -50,17 +51,12 @@ def mc_text_records(records: list[dict]) -> list[dict]:
     One per multiple-choice turn of ``records``; same options and letter, no image.
     """
     out = []
-    for rec in records:
-        conv = rec["conversations"]
-        for k in range(0, len(conv) - 1, 2):
-            q = conv[k]["value"].replace("<image>\n", "")
-            if family_of_question(q) != "mc":
-                continue
-            letter = conv[k + 1]["value"]
-            options = {line[0]: line[3:] for line in q.split("\n")[1:] if line[:1] in LETTERS and line[1:3] == ". "}
-            if letter not in options or not q.endswith(LETTER):
-                continue
-            out.append({"id": f"{rec['id']}-{k // 2}-text",
+    for rec, k, q, letter in _turns(records):
+        if family_of_question(q) != "mc":
+            continue
+        options = {line[0]: line[3:] for line in q.split("\n")[1:] if line[:1] in LETTERS and line[1:3] == ". "}
+        if letter in options:
+            out.append({"id": f"{rec['id']}-{k}-text",
                         "conversations": [{"from": "human", "value": f"The answer is {options[letter]}. {q}"},
                                           {"from": "gpt", "value": letter}]})
     return out

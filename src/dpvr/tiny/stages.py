@@ -60,14 +60,14 @@ def cache(model, pixels, progress) -> torch.Tensor:
     return cache_features(model.model.vision_tower, pixels, model.config.vision_feature_layer, progress=progress)
 
 
-def run_lm(model, features, records, row, tokenizer, cfg, stage: str, log_path, progress, eval_fn=None,
-           eval_every: int = 0, stage_cfg=None):
-    s = stage_cfg if stage_cfg is not None else getattr(cfg, stage)
+def run_lm(model, features, records, row, tokenizer, cfg, stage: str, stage_cfg, log_path, progress, eval_fn=None,
+           eval_every: int = 0):
+    """Train ``model`` on ``records`` for one LM stage with the settings ``stage_cfg`` (a StageConfig)."""
     examples = build_examples(records, tokenizer, cfg.arch.num_image_tokens, row)
-    return train_lm(model, features, examples, stage=stage, steps=s.steps, batch_tokens=s.batch, lr=s.lr,
-                    seed=cfg.seed, warmup=s.warmup, weight_decay=s.weight_decay, log_path=log_path,
-                    progress=progress, pad_id=tokenizer.pad_token_id, eval_fn=eval_fn, eval_every=eval_every,
-                    vision_lr_scale=s.vision_lr_scale)
+    return train_lm(model, features, examples, stage=stage, steps=stage_cfg.steps, batch_tokens=stage_cfg.batch,
+                    lr=stage_cfg.lr, seed=cfg.seed, warmup=stage_cfg.warmup, weight_decay=stage_cfg.weight_decay,
+                    log_path=log_path, progress=progress, pad_id=tokenizer.pad_token_id, eval_fn=eval_fn,
+                    eval_every=eval_every, vision_lr_scale=stage_cfg.vision_lr_scale)
 
 
 def reload(path: str | os.PathLike):

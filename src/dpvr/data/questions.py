@@ -106,20 +106,29 @@ def _unique_colors(scene: list[Shape]) -> list[Shape]:
     return [s for s in scene if sum(o.color == s.color for o in scene) == 1]
 
 
-def ask_color(rng: random.Random, scene: list[Shape]) -> QA | None:
-    cands = _unique_shapes(scene)
+def ask_color(rng: random.Random, scene: list[Shape], target: str | None = None) -> QA | None:
+    """``target``: only ask about an object of this colour (None: any)."""
+    cands = [s for s in _unique_shapes(scene) if target is None or s.color == target]
     if not cands:
         return None
     s = rng.choice(cands)
     return QA(f"What color is the {s.shape}?\n{SHORT}", s.color, "color", s.shape)
 
 
-def sample_color(rng: random.Random) -> tuple[list[Shape], QA]:
+def _until(rng: random.Random, ask, num_objects=None) -> tuple[list[Shape], QA]:
+    """Draw scenes until ``ask(scene)`` returns a question."""
     while True:
-        scene = sample_scene(rng, rng.randint(1, MAX_OBJECTS))
-        qa = ask_color(rng, scene)
+        scene = sample_scene(rng, num_objects or rng.randint(1, MAX_OBJECTS))
+        qa = ask(scene)
         if qa is not None:
             return scene, qa
+
+
+def sample_color(rng: random.Random) -> tuple[list[Shape], QA]:
+    """The answer colour is drawn uniformly first (object frequencies are skewed, and a benchmark
+    whose answers follow them rewards guessing the frequent colour without looking)."""
+    target = rng.choice(list(COLORS))
+    return _until(rng, lambda scene: ask_color(rng, scene, target))
 
 
 # --------------------------------------------------------------------------- spatial
@@ -167,11 +176,8 @@ def ask_spatial(rng: random.Random, scene: list[Shape], first: bool | None = Non
 
 
 def sample_spatial(rng: random.Random, first: bool) -> tuple[list[Shape], QA]:
-    while True:
-        scene = sample_scene(rng, 2)
-        qa = ask_spatial(rng, scene, first)
-        if qa is not None:
-            return scene, qa
+    """A two-object scene and a relation question about it."""
+    return _until(rng, lambda scene: ask_spatial(rng, scene, first), num_objects=2)
 
 
 # --------------------------------------------------------------------------- multiple choice
@@ -180,17 +186,19 @@ def _options_block(options: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
 
 
-def ask_mc(rng: random.Random, scene: list[Shape], kind: str | None = None) -> QA | None:
+def ask_mc(rng: random.Random, scene: list[Shape], kind: str | None = None,
+           target: str | None = None) -> QA | None:
+    """``target``: only ask about an object whose asked attribute (shape or colour) is this."""
     kind = kind or rng.choice(("shape", "color"))
     if kind == "shape":
-        cands = _unique_colors(scene)
+        cands = [s for s in _unique_colors(scene) if target is None or s.shape == target]
         if not cands:
             return None
         s = rng.choice(cands)
         options = rng.sample(SHAPES, len(SHAPES))
         correct, stem = s.shape, f"What shape is the {s.color} object?"
     else:
-        cands = _unique_shapes(scene)
+        cands = [s for s in _unique_shapes(scene) if target is None or s.color == target]
         if not cands:
             return None
         s = rng.choice(cands)
@@ -202,11 +210,10 @@ def ask_mc(rng: random.Random, scene: list[Shape], kind: str | None = None) -> Q
 
 
 def sample_mc(rng: random.Random, kind: str) -> tuple[list[Shape], QA]:
-    while True:
-        scene = sample_scene(rng, rng.randint(1, MAX_OBJECTS))
-        qa = ask_mc(rng, scene, kind)
-        if qa is not None:
-            return scene, qa
+    """The answer is drawn uniformly first, as in :func:`sample_color` (generator version 4 drew it
+    with the object frequencies, and always picking the most frequent option scored 42 %)."""
+    target = rng.choice(SHAPES if kind == "shape" else list(COLORS))
+    return _until(rng, lambda scene: ask_mc(rng, scene, kind, target))
 
 
 # --------------------------------------------------------------------------- digits

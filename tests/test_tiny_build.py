@@ -16,7 +16,7 @@ def test_quick_build_writes_a_loadable_checkpoint(tmp_path, capsys):
     from dpvr.cli import main
 
     out = tmp_path / "tiny"
-    assert main(["tiny", "build", "--out", str(out), "--quick", "--focus", "--quiet"]) == 0
+    assert main(["tiny", "build", "--out", str(out), "--quick", "--quiet"]) == 0
     info = json.loads((out / "build.json").read_text())
     assert set(info["results"]) == {"pope", "mc", "count", "color", "spatial", "digit"}
     for r in info["results"].values():
@@ -34,6 +34,24 @@ def test_quick_build_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert cfg.vision_feature_layer == -2 and cfg.vision_feature_select_strategy == "default"
     assert proc.tokenizer.convert_ids_to_tokens(cfg.image_token_id) == "<image>"
     assert "family" in capsys.readouterr().out
+
+
+def test_build_on_given_data_records_that_datas_config(tmp_path):
+    """With --data, build.json's data config is the dataset's own (embedded.benchmark_dir regenerates
+    the benchmark from it), not the defaults."""
+    from dpvr.cli import main
+    from dpvr.data import generate_dataset
+
+    manifest = generate_dataset(tmp_path / "d", seed=0, num_train=120, num_test_per_family=6,
+                                spatial_pair_fraction=0.0, progress=False)
+    out = tmp_path / "tiny"
+    assert main(["tiny", "build", "--out", str(out), "--quick", "--no-focus", "--data", str(tmp_path / "d"),
+                 "--quiet"]) == 0
+    info = json.loads((out / "build.json").read_text())
+    assert info["config"]["data"] == manifest["config"]
+    assert info["config"]["data"]["spatial_pair_fraction"] == 0.0
+    assert info["config"]["focus"] == [] and "focus_pope" not in info["stages"]
+    assert info["command"][-4:] == ["--no-focus", "--data", str(tmp_path / "d"), "--quiet"]
 
 
 def _tiny_arch():

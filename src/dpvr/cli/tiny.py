@@ -11,13 +11,13 @@ def add_parser(subparsers) -> None:
                               description="The tiny LLaVA shipped as dpvr's offline default.")
     sub = p.add_subparsers(dest="tiny_command", metavar="ACTION")
     b = sub.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="data -> tokenizer -> CLIP pretraining -> align -> instruct -> eval -> checkpoint")
+                       help="data -> tokenizer -> CLIP pretraining -> align -> instruct -> focus -> eval -> checkpoint")
     b.add_argument("--out", required=True, help="output folder (checkpoint, build.json, losses, data/)")
     b.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same weights on one machine")
     b.add_argument("--quick", action="store_true", help="~1-minute smoke version (tiny data, few steps)")
-    b.add_argument("--focus", action="store_true",
-                   help="add stage (d), the focus curriculum after instruction tuning (experimental: lifts POPE "
-                        "and multiple choice off chance; the shipped checkpoint is built without it)")
+    b.add_argument("--no-focus", action="store_true",
+                   help="skip stage (d), the focus curriculum after instruction tuning (single-family stages that "
+                        "lift POPE, spatial and multiple choice off chance; the shipped checkpoint has it)")
     b.add_argument("--data", default=None, help="use this generated dataset instead of generating one")
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the config's; weights are reproducible for a fixed count)")
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 
 def _command(args) -> list[str]:
     cmd = ["dpvr", "tiny", "build", "--out", str(args.out), "--seed", str(args.seed)]
-    cmd += ["--quick"] * args.quick + ["--focus"] * args.focus + (["--data", str(args.data)] if args.data else [])
+    cmd += ["--quick"] * args.quick + ["--no-focus"] * args.no_focus + (["--data", str(args.data)] if args.data else [])
     cmd += ["--threads", str(args.threads)] if args.threads is not None else []
     return cmd + ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
 
@@ -44,7 +44,7 @@ def _build(args) -> int:
     from dpvr.tiny.build import BuildConfig, build
     from dpvr.tiny.report import format_results
 
-    cfg = (BuildConfig.quick if args.quick else BuildConfig.full)(args.seed, focus=args.focus)
+    cfg = (BuildConfig.quick if args.quick else BuildConfig.full)(args.seed, focus=not args.no_focus)
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")

@@ -300,6 +300,11 @@ def family_of_question(question: str) -> str:
     return "text"
 
 
+def mc_options(question: str) -> dict[str, str]:
+    """Letter -> option text of a generated multiple-choice question (what ``_options_block`` wrote)."""
+    return {line[0]: line[3:] for line in question.split("\n")[1:] if line[:1] in LETTERS and line[1:3] == ". "}
+
+
 def mc_kind(question: str) -> str:
     """``"shape"`` or ``"color"``: what a generated multiple-choice question asks for."""
     return "shape" if _stem(question).startswith("What shape is ") else "color"

@@ -11,7 +11,7 @@ stated in the question), the way LLaVA's text-only instruction data teaches answ
 
 from __future__ import annotations
 
-from dpvr.data.questions import LETTERS, family_of_question, mc_kind
+from dpvr.data.questions import family_of_question, mc_kind, mc_options
 
 
 def _turns(records: list[dict]):
@@ -54,7 +54,7 @@ def mc_text_records(records: list[dict]) -> list[dict]:
     for rec, k, q, letter in _turns(records):
         if family_of_question(q) != "mc":
             continue
-        options = {line[0]: line[3:] for line in q.split("\n")[1:] if line[:1] in LETTERS and line[1:3] == ". "}
+        options = mc_options(q)
         if letter in options:
             out.append({"id": f"{rec['id']}-{k}-text",
                         "conversations": [{"from": "human", "value": f"The answer is {options[letter]}. {q}"},

@@ -54,6 +54,20 @@ def test_build_on_given_data_records_that_datas_config(tmp_path):
     assert info["command"][-4:] == ["--no-focus", "--data", str(tmp_path / "d"), "--quiet"]
 
 
+def test_build_refuses_data_from_an_unknown_generator(tmp_path):
+    from dpvr.cli import main
+    from dpvr.data import generate_dataset
+
+    generate_dataset(tmp_path / "d", seed=0, num_train=4, num_test_per_family=6, progress=False)
+    mpath = tmp_path / "d" / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    manifest["config"]["future_setting"] = 1
+    mpath.write_text(json.dumps(manifest))
+    out = tmp_path / "tiny"
+    assert main(["tiny", "build", "--out", str(out), "--quick", "--data", str(tmp_path / "d"), "--quiet"]) == 2
+    assert not (out / "build.json").exists()
+
+
 def _tiny_arch():
     return TinyArch(vision_hidden=32, vision_layers=2, vision_heads=2, vision_intermediate=64, clip_text_hidden=32,
                     projection_dim=16, lm_hidden=32, lm_heads=2, lm_kv_heads=2, lm_intermediate=64)

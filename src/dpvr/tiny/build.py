@@ -178,7 +178,12 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
     else:
         manifest = verify_dataset(data_dir)
         # build.json's config must describe the data trained on (benchmark_dir regenerates from it)
-        cfg = replace(cfg, data=DataConfig(**manifest["config"]))
+        try:
+            cfg = replace(cfg, data=DataConfig(**manifest["config"]))
+        except TypeError as err:
+            raise ValueError(f"{data_dir} was written by data generator version {manifest.get('generator_version')}, "
+                             f"whose settings this dpvr does not know ({err}); regenerate it with "
+                             "`dpvr data generate` or leave out --data") from None
     data_dir = Path(data_dir)
     timings["data"] = time.time() - t
 

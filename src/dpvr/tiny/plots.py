@@ -14,9 +14,13 @@ def plot_losses(jsonl: str | os.PathLike, png: str | os.PathLike, smooth: int = 
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
-    stages = list(dict.fromkeys(r["stage"] for r in rows))
-    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4.2 * max(1, len(stages)), 3.2), squeeze=False)
-    for ax, st in zip(axes[0], stages):
+    stages = list(dict.fromkeys(r["stage"] for r in rows)) or ["(none)"]
+    ncols = min(len(stages), 4)
+    nrows = -(-len(stages) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(stages):]:
+        ax.set_visible(False)
+    for ax, st in zip(axes.flat, stages):
         rs = [r for r in rows if r["stage"] == st]
         x = [r["step"] for r in rs]
         y = [r["loss"] for r in rs]
@@ -24,8 +28,7 @@ def plot_losses(jsonl: str | os.PathLike, png: str | os.PathLike, smooth: int = 
         if len(y) > smooth:
             ys = [sum(y[max(0, i - smooth + 1): i + 1]) / len(y[max(0, i - smooth + 1): i + 1]) for i in range(len(y))]
             ax.plot(x, ys, lw=1.5, color="C0")
-        ax.set_title({"clip": "(a) CLIP contrastive", "align": "(b) align on captions",
-                      "instruct": "(c) instruction tuning"}.get(st, st.replace("focus_", "(d) focus: ")))
+        ax.set_title(_title(st))
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -34,3 +37,15 @@ def plot_losses(jsonl: str | os.PathLike, png: str | os.PathLike, smooth: int = 
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, png)
+
+
+def _title(stage: str) -> str:
+    """Panel title: the stage's letter in ``dpvr tiny build``'s order, then what it trains."""
+    fixed = {"clip": "(a) CLIP contrastive", "align": "(b) align on captions", "instruct": "(c) instruction tuning"}
+    if stage in fixed:
+        return fixed[stage]
+    if stage.startswith("focus_"):
+        return "(d) focus: " + stage.removeprefix("focus_")
+    if stage[:1] == "r" and "_" in stage and stage[1:stage.index("_")].isdigit():
+        return f"(d) focus, round {stage[1:stage.index('_')]}: {stage[stage.index('_') + 1:]}"
+    return stage

@@ -75,18 +75,20 @@ class FocusStage:
 #: text-only MC scaffold is what makes MC move at all; replaying the conversations in each round's
 #: last stage keeps the loss on them where stage (c) left it. A stage's batches are drawn from
 #: ``Random(f"{seed}/{name}")``, so renaming a stage changes the weights.
+_REPLAYED = FAMILIES + ("digit_color", "conversations")  # every family + train.json's conversations
+_SPATIAL = StageConfig(steps=700, lr=1e-3, batch=2048, warmup=30)
+_MC = StageConfig(steps=600, lr=1e-3, batch=2048, warmup=30)
+_REPLAY = StageConfig(steps=1000, lr=3e-4, batch=2048, warmup=30)
 FOCUS_CURRICULUM: tuple[FocusStage, ...] = (
     FocusStage("focus_pope", ("pope",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("focus_spatial", ("spatial",), StageConfig(steps=700, lr=1e-3, batch=2048, warmup=30)),
+    FocusStage("focus_spatial", ("spatial",), _SPATIAL),
     FocusStage("focus_mc_text", ("mc_text",), StageConfig(steps=300, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("focus_mc", ("mc", "mc_text"), StageConfig(steps=600, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("focus_all", FAMILIES + ("digit_color", "conversations"),
-               StageConfig(steps=1000, lr=3e-4, batch=2048, warmup=30)),
-    # round 2
-    FocusStage("r2_spatial", ("spatial",), StageConfig(steps=700, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("r2_mc", ("mc", "mc_text"), StageConfig(steps=600, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("r2_all", FAMILIES + ("digit_color", "conversations"),
-               StageConfig(steps=1000, lr=3e-4, batch=2048, warmup=30)),
+    FocusStage("focus_mc", ("mc", "mc_text"), _MC),
+    FocusStage("focus_all", _REPLAYED, _REPLAY),
+    # round 2: the same settings again for the families a first round can leave on the plateau
+    FocusStage("r2_spatial", ("spatial",), _SPATIAL),
+    FocusStage("r2_mc", ("mc", "mc_text"), _MC),
+    FocusStage("r2_all", _REPLAYED, _REPLAY),
 )
 
 
@@ -120,7 +122,7 @@ class BuildConfig:
             align=StageConfig(steps=4, lr=1e-3, batch=1024, warmup=2),
             instruct=StageConfig(steps=8, lr=5e-4, batch=1024, warmup=2, vision_lr_scale=0.3),
             focus=focus_stages if focus else (),
-            eval_limit=4, blind_eval_limit=4, threads=1,
+            eval_limit=4, blind_eval_limit=4,
         )
 
     def to_dict(self) -> dict:

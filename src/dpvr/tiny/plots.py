@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 
@@ -46,6 +47,7 @@ def _title(stage: str) -> str:
         return fixed[stage]
     if stage.startswith("focus_"):
         return "(d) focus: " + stage.removeprefix("focus_")
-    if stage[:1] == "r" and "_" in stage and stage[1:stage.index("_")].isdigit():
-        return f"(d) focus, round {stage[1:stage.index('_')]}: {stage[stage.index('_') + 1:]}"
+    numbered = re.fullmatch(r"r(\d+)_(.+)", stage)  # a later focus round: r2_spatial
+    if numbered:
+        return f"(d) focus, round {numbered[1]}: {numbered[2]}"
     return stage

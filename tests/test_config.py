@@ -72,5 +72,5 @@ def test_non_llava_model_is_refused():
 
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2))
-    with pytest.raises(TypeError, match="not a LLaVA-style model"):
+    with pytest.raises(TypeError, match="no backbone adapter for model type .llama.; supported: .*llava.*qwen2_vl"):
         dpvr.get_dpvr_model(llama, DPVRConfig(variant="lf", split=1))

@@ -37,10 +37,12 @@ from pathlib import Path
 
 VARIANTS = ("vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw")
 DPVR_VARIANTS = ("lf", "pc", "kv", "ideal")  # the variants with a side branch
+PEER_VARIANTS = ("fastv", "vtw")  # inference-time peers: no side branch, no training
 FASTV_DEFAULT_K = 2
 FASTV_DEFAULT_RATIO = 0.5
 SIDE_INITS = ("copy", "random")
 MODES = ("full", "text", "kv", "fuse")
+ROUTES = ("all", "image", "video")  # which visual placeholder tokens count as routed positions
 
 # Mode of every deep layer for variants whose schedule does not depend on fusion layers.
 _UNIFORM_DEEP_MODE = {"pc": "fuse", "kv": "kv", "ideal": "text"}
@@ -67,6 +69,8 @@ class DPVRConfig:
             DPVR variant it turns on the composition (pruning in the shallow stack, ``k <= split``).
         fastv_ratio: FastV's R: the share of each sample's image tokens kept, in [0, 1]
             (``round(R * I)`` tokens; default 0.5).
+        route: which visual tokens are routed (and ranked by FastV): ``all`` (image and video, the
+            default), ``image`` or ``video`` only; the others stay in the text view.
 
     ``vtw`` takes its withdrawal layer k as ``split``. ``fastv`` and ``vtw`` have no side branch, so
     ``side_depth`` and ``side_init`` do not apply to them.
@@ -80,10 +84,13 @@ class DPVRConfig:
     side_init: str = "copy"
     fastv_k: int | None = None
     fastv_ratio: float | None = None
+    route: str = "all"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
+        if self.route not in ROUTES:
+            raise ValueError(f"unknown route {self.route!r}: choose one of {', '.join(ROUTES)} (which visual tokens are routed)")
         if self.side_init not in SIDE_INITS:
             raise ValueError(f"unknown side_init {self.side_init!r}: choose one of {', '.join(SIDE_INITS)}")
         if self.split is not None and (not isinstance(self.split, int) or isinstance(self.split, bool)):
@@ -149,9 +156,20 @@ class DPVRConfig:
         return self.fastv_k is not None
 
     # ------------------------------------------------------------------ resolution against a backbone
-    def resolve(self, num_layers: int) -> "ResolvedPlan":
-        """Check the config against a backbone with ``num_layers`` decoder layers and return its plan."""
+    def resolve(self, num_layers: int, min_split: int = 1, family: str = "this model") -> "ResolvedPlan":
+        """Check the config against a backbone with ``num_layers`` decoder layers and return its plan.
+
+        ``min_split``: the first layer routing may start at (Qwen3-VL adds deepstack visual features
+        after its first layers, so a split or FastV's pruning must come after them).
+        """
         n = num_layers
+        if min_split > 1:
+            for name, value in (("split", self.split), ("fastv_k", self.fastv_k)):
+                if value is not None and value < min_split:
+                    raise ValueError(
+                        f"{name}={value} lies in layers 0..{min_split - 1}, where {family} adds visual features "
+                        f"(deepstack); use {name} in {min_split}..{n - 1}"
+                    )
         if self.variant == "vanilla":
             return ResolvedPlan(num_layers=n, split=n, modes=["full"] * n, fusion_layers=[], side_depth=0)
         if self.variant == "fastv":

@@ -1,4 +1,4 @@
-"""`DPVRModel`: a stock LLaVA model wrapped with DPVR routing, with HF-style forward and generate.
+"""`DPVRModel`: a stock multimodal model (any family in `dpvr.backbones`) wrapped with DPVR routing, with HF-style forward and generate.
 
     model = get_dpvr_model(base, DPVRConfig(variant="lf", split=18))
     out = model(input_ids=..., pixel_values=..., attention_mask=..., labels=...)   # .loss, .logits
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import GenerationMixin
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaPreTrainedModel
 
 from dpvr.config import DPVRConfig
 from dpvr.engine.backbone import backbone_of
@@ -34,16 +34,27 @@ from dpvr.engine.router import routed_decoder_forward
 from dpvr.engine.side_branch import SideBranch
 
 
-class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
-    """A LLaVA-style model whose deep layers route image tokens as its `DPVRConfig` says."""
+class DPVRModel(PreTrainedModel, GenerationMixin):
+    """A multimodal model whose deep layers route visual tokens as its `DPVRConfig` says.
+
+    Any family with a backbone adapter (`dpvr.backbones`) can be wrapped; the family's own forward
+    embeds images and videos and computes positions, the adapter tells the engine how its layers run.
+    """
+
+    base_model_prefix = "base"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
 
     def __init__(self, base: nn.Module, dpvr_config: DPVRConfig):
         # PreTrainedModel.__init__ only records the config; no weights are (re)initialised here.
         super().__init__(base.config)
         self.base = base
         self.dpvr_config = dpvr_config
-        self.backbone = backbone_of(base)
-        self.plan = dpvr_config.resolve(self.backbone.num_layers)
+        self.backbone = backbone_of(base, route=dpvr_config.route)
+        self.plan = dpvr_config.resolve(self.backbone.num_layers, min_split=self.backbone.min_split(),
+                                        family=self.backbone.family)
         self.generation_config = base.generation_config
         self.side_branch = None
         if self.plan.side_depth > 0:
@@ -69,36 +80,32 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.Tensor | None = None,
-        vision_feature_layer=None,
-        vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        image_sizes: torch.Tensor | None = None,
         prompt_len: int | None = None,
         **kwargs,
-    ) -> LlavaCausalLMOutputWithPast:
-        """HF-style forward. ``prompt_len`` (FastV only): where the prompt ends in ``input_ids``; FastV
-        ranks image tokens by the attention of the prompt's last token, so a no-cache recompute over
+    ) -> CausalLMOutputWithPast:
+        """HF-style forward. Family inputs (``pixel_values``, ``image_sizes``, ``pixel_values_videos``,
+        ``image_grid_thw``, ``video_grid_thw``, ``mm_token_type_ids``, ...) pass through ``kwargs`` to the
+        family's own embedding code. ``prompt_len`` (FastV only): where the prompt ends in ``input_ids``;
+        FastV ranks image tokens by the attention of the prompt's last token, so a no-cache recompute over
         prompt + generated tokens keeps the same tokens as the cached prefill did (``generate`` passes
         it). Default: the whole input is the prompt."""
         if "past_key_values" in kwargs:  # older callers
             cache = kwargs.pop("past_key_values")
         if not self.plan.routed:
             return self.base(
-                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy, labels=labels,
-                use_cache=use_cache, logits_to_keep=logits_to_keep, image_sizes=image_sizes, **kwargs,
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                **kwargs,
             )
         if input_ids is None:
-            raise ValueError("a routed DPVR model needs input_ids (image and text positions are read from them)")
+            raise ValueError("a routed DPVR model needs input_ids (visual and text positions are read from them)")
         if inputs_embeds is not None:
             raise ValueError("pass input_ids (and pixel_values), not inputs_embeds, to a routed DPVR model")
         if use_cache is None:
@@ -110,37 +117,20 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
                 f"a routed DPVR model keeps per-layer cache lengths in a DPVRCache, got {type(cache).__name__}; "
                 "pass cache=None (one is created) or dpvr.DPVRCache(config=model.text_config)"
             )
-
-        embeds = self._embed(input_ids, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes)
+        loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index") if k in kwargs}
+        lm = self.backbone.lm_inputs(input_ids, attention_mask, position_ids, cache, **kwargs)
         hidden = routed_decoder_forward(
-            self.backbone, self.plan, self.side_branch, input_ids, embeds, attention_mask, position_ids,
-            cache, use_cache, prompt_len=prompt_len,
+            self.backbone, self.plan, self.side_branch, input_ids, lm.inputs_embeds, attention_mask, lm.position_ids,
+            cache, use_cache, prompt_len=prompt_len, extras=lm.extras,
         )  # (B, q, d)
         hidden = self.backbone.norm(slice_logits_to_keep(hidden, logits_to_keep))
         logits = self.backbone.lm_head(hidden)
         loss = None
         if labels is not None:
             loss = self.base.loss_function(
-                logits=logits, labels=labels, vocab_size=self.text_config.vocab_size, **kwargs
+                logits=logits, labels=labels, vocab_size=self.text_config.vocab_size, **loss_kwargs
             )
-        return LlavaCausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
-
-    def _embed(self, input_ids, pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes):
-        """Token embeddings with the image features scattered into the image positions, as LLaVA does."""
-        inner = self.base.model
-        embeds = self.base.get_input_embeddings()(input_ids)  # (B, L, d)
-        if pixel_values is None:
-            return embeds
-        image_outputs = inner.get_image_features(
-            pixel_values=pixel_values,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            image_sizes=image_sizes,
-            return_dict=True,
-        )
-        features = torch.cat(list(image_outputs.pooler_output), dim=0).to(embeds.device, embeds.dtype)
-        mask = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
-        return embeds.masked_scatter(mask, features)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
     # ------------------------------------------------------------------ generation
     def generate(self, *args, **kwargs):
@@ -156,6 +146,14 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
             if input_ids is not None:
                 kwargs["prompt_len"] = input_ids.shape[1]
         return super().generate(*args, **kwargs)
+
+    # The family's own generation rules: its positions (Qwen2-VL's 3-D M-RoPE and rope_deltas) and the
+    # inputs its forward accepts. ``prompt_len`` is dpvr's own.
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        return self.base._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+
+    def _validate_model_kwargs(self, model_kwargs):
+        return self.base._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k != "prompt_len"})
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameter_count(self) -> tuple[int, int]:
@@ -183,7 +181,8 @@ class DPVRModel(LlavaPreTrainedModel, GenerationMixin):
 
 
 def get_dpvr_model(base: nn.Module, config: DPVRConfig) -> DPVRModel:
-    """Wrap a loaded LLaVA-style model (e.g. ``LlavaForConditionalGeneration``) with DPVR routing."""
+    """Wrap a loaded multimodal model (``LlavaForConditionalGeneration``, ``Qwen2VLForConditionalGeneration``,
+    ... — `dpvr.backbones.supported_model_types()`) with DPVR routing."""
     if isinstance(base, DPVRModel):
         raise TypeError("this model is already wrapped by dpvr; pass its .base to wrap it again")
     return DPVRModel(base, config)

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.masking_utils import create_causal_mask
 
 from dpvr.config import ResolvedPlan
+from dpvr.backbones.base import project_kv, project_q
 from dpvr.engine.backbone import Backbone
 from dpvr.engine.cache import DPVRCache, ImageKVInjector, RoutingState
 from dpvr.engine.index import RoutingIndex, gather_positions, merge_views
@@ -49,48 +50,51 @@ def routed_decoder_forward(
     input_ids: torch.Tensor,  # (B, q)
     inputs_embeds: torch.Tensor,  # (B, q, d)
     attention_mask: torch.Tensor | None,  # (B, past + q) 2D padding mask, or None
-    position_ids: torch.Tensor | None,  # (B|1, q)
+    position_ids: torch.Tensor | None,  # family layout: (B|1, q), or (3|4, B, q) for M-RoPE; None: the family's default
     cache: DPVRCache | None,
     use_cache: bool,
     prompt_len: int | None = None,  # where the prompt ends in input_ids (FastV ranks by its last token)
+    extras: dict | None = None,  # family-specific LM inputs (e.g. Qwen3-VL's deepstack features)
 ) -> torch.Tensor:  # (B, q, d) last hidden states, before the final norm
     past = cache.get_seq_length() if cache is not None else 0
-    q_len = inputs_embeds.shape[1]
-    if position_ids is None:
-        position_ids = torch.arange(past, past + q_len, device=inputs_embeds.device).unsqueeze(0)
-    position_embeddings = backbone.rotary_emb(inputs_embeds, position_ids)  # (cos, sin), each (B|1, q, head_dim)
+    # Positions as the family's text model derives them: RoPE rows, what layers and masks receive.
+    positions = backbone.positions(inputs_embeds, position_ids, cache)
+    position_embeddings = backbone.rotary(inputs_embeds, positions)  # (cos, sin), each (B|1, q, head_dim)
     full_mask = create_causal_mask(
         config=backbone.text_config,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         cache=cache,
-        position_ids=position_ids,
+        position_ids=positions.mask,
         layer_idx=0,
     )
-    args = _LayerArgs(backbone, plan, cache, use_cache, prompt_len)
+    args = _LayerArgs(backbone, plan, cache, use_cache, prompt_len, extras or {})
     if past == 0:
-        return _prefill(args, side, input_ids, inputs_embeds, attention_mask, position_ids, position_embeddings, full_mask)
-    return _decode(args, input_ids, inputs_embeds, attention_mask, position_ids, position_embeddings, full_mask)
+        return _prefill(args, side, input_ids, inputs_embeds, attention_mask, positions, position_embeddings, full_mask)
+    return _decode(args, input_ids, inputs_embeds, attention_mask, positions.layer, position_embeddings, full_mask)
 
 
 class _LayerArgs:
     """What every layer call shares in one forward pass."""
 
-    def __init__(self, backbone: Backbone, plan: ResolvedPlan, cache, use_cache: bool, prompt_len: int | None = None):
+    def __init__(self, backbone: Backbone, plan: ResolvedPlan, cache, use_cache: bool, prompt_len: int | None = None,
+                 extras: dict | None = None):
         self.backbone, self.plan, self.cache, self.use_cache = backbone, plan, cache, use_cache
         self.prompt_len = prompt_len
+        self.extras = extras or {}
         text_layers = plan.layers_with_mode("text")
         self.first_text_layer = text_layers[0] if text_layers else None
 
     def run(self, layer_idx: int, hidden, mask, position_ids, position_embeddings, cache="default"):
-        return self.backbone.layers[layer_idx](
-            hidden,
-            attention_mask=mask,
-            position_ids=position_ids,
-            cache=self.cache if cache == "default" else cache,
-            use_cache=self.use_cache,
-            position_embeddings=position_embeddings,
+        return self.backbone.call_layer(
+            self.backbone.layers[layer_idx], hidden, mask, position_ids,
+            self.cache if cache == "default" else cache, self.use_cache, position_embeddings,
         )
+
+    def run_shallow(self, layer_idx: int, view: "_View") -> torch.Tensor:
+        """A shallow layer over the full prompt, then what the family adds after it (e.g. deepstack)."""
+        hidden = self.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+        return self.backbone.after_layer(layer_idx, hidden, self.extras, view.is_image)
 
 
 @dataclass
@@ -101,22 +105,22 @@ class _View:
     is_image: torch.Tensor  # (B, Lv) bool
     valid: torch.Tensor | None  # (B, Lv) bool: real slots (None: all are)
     attention_mask: torch.Tensor | None  # (B, Lv) 2D padding mask (None: no padding)
-    position_ids: torch.Tensor  # (B|1, Lv) original positions
+    position_ids: torch.Tensor | None  # (B|1, Lv) original positions as decoder layers receive them (None: family passes none)
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B|1, Lv, head_dim)
     mask: object  # causal mask of a layer over every slot of this view
     mask_position_ids: torch.Tensor | None  # positions for the mask helpers; None where positions have holes
 
 
-def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, position_ids, position_embeddings, full_mask):
+def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, positions, position_embeddings, full_mask):
     plan = args.plan
-    is_image = input_ids == args.backbone.image_token_id  # (B, L)
-    view = _View(hidden, is_image, None, attention_mask, position_ids, position_embeddings, full_mask, position_ids)
+    is_image = args.backbone.visual_mask(input_ids)  # (B, L): image and/or video placeholders
+    view = _View(hidden, is_image, None, attention_mask, positions.layer, position_embeddings, full_mask, positions.mask)
     first, prune, dropped = 0, None, None
     if plan.prune_layer is not None:
         # --- FastV: full layers up to k-1, rank the image tokens by layer k-1's attention, keep the top R %
         k = plan.prune_layer
         for layer_idx in range(k - 1):
-            view.hidden = args.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+            view.hidden = args.run_shallow(layer_idx, view)
         if plan.keep_ratio > 0 and bool(is_image.any()):
             view.hidden, scores = _run_and_score(args, k - 1, view)  # scores (B, L)
             keep = _fastv_keep(scores, is_image, plan.keep_ratio)
@@ -128,7 +132,8 @@ def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, position
         view = _kept_view(args, view, prune, k)
         first = k
     for layer_idx in range(first, plan.split):
-        view.hidden = args.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
+        view.hidden = args.run_shallow(layer_idx, view) if prune is None else args.run(
+            layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
     out = _deep(args, side, view, prune, prompt_len=input_ids.shape[1])  # (B, Lv, d)
     return out if prune is None else merge_views(out, dropped, prune)  # (B, L, d)
 
@@ -158,7 +163,8 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
             position_ids=view.mask_position_ids[..., :p] if view.mask_position_ids is not None else None,
         )
         cos, sin = view.position_embeddings
-        side_out = side(hidden[:, :p], side_mask, view.position_ids[..., :p], (cos[:, :p], sin[:, :p]))  # (B, P, d)
+        side_positions = view.position_ids[..., :p] if view.position_ids is not None else None
+        side_out = side(hidden[:, :p], side_mask, side_positions, (cos[:, :p], sin[:, :p]), args.backbone)  # (B, P, d)
         side_image = gather_positions(side_out, index.image_idx)  # (B, Li, d)
     else:  # no image, or no side branch (VTW): image states stay as they are at the split
         side_image = gather_positions(hidden, index.image_idx)  # (B, Li, d)
@@ -166,7 +172,7 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
     text_hidden = gather_positions(hidden, index.text_idx)  # (B, Lt, d)
 
     # --- text view: RoPE at the original positions, causal in original order, own padding mask
-    text_position_ids = gather_positions(view.position_ids, index.text_idx)  # (B, Lt)
+    text_position_ids = _gather_or_none(view.position_ids, index.text_idx)  # (B, Lt)
     text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
     text_key_valid = index.text_valid
     if view.attention_mask is not None:
@@ -209,7 +215,7 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
 
 def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, position_embeddings, full_mask):
     backbone, plan, cache = args.backbone, args.plan, args.cache
-    if bool((input_ids == backbone.image_token_id).any()):
+    if bool(backbone.visual_mask(input_ids).any()):
         raise ValueError(
             "image tokens after the prompt: a routed model takes images in the first (prefill) call only; "
             "suppress the image token in generation (suppress_tokens=[image_token_id])"
@@ -257,6 +263,10 @@ def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, p
     return hidden
 
 
+def _gather_or_none(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else gather_positions(x, idx)
+
+
 # ----------------------------------------------------------------------------- FastV
 def _run_and_score(args: _LayerArgs, layer_idx: int, view: _View) -> tuple[torch.Tensor, torch.Tensor]:
     """Run layer ``layer_idx`` over ``view`` and return (its output, FastV's score of every key position).
@@ -298,13 +308,8 @@ def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attent
         real = real & (positions < prompt_len)[None, :]
     last = torch.where(real, positions, -1).max(1).values.clamp(min=0)  # (B,)
     allowed = real & (positions[None, :] <= last[:, None])  # (B, L)
-    hd = attn.head_dim
-    q = attn.q_proj(gather_positions(normed, last[:, None]))  # (B, 1, H * hd)
-    q = q.view(batch, 1, -1, hd)
-    k = attn.k_proj(normed).view(batch, length, -1, hd)
-    if hasattr(attn, "q_norm"):  # Qwen3-style per-head norms
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, 1, hd), (B, H_kv, L, hd)
+    q = project_q(attn, gather_positions(normed, last[:, None]))  # (B, H, 1, hd)
+    k, _ = project_kv(attn, normed)  # (B, H_kv, L, hd)
     cos, sin = position_embeddings
     apply_rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
     q, _ = apply_rotary(q, q, gather_positions(cos, last[:, None]), gather_positions(sin, last[:, None]))
@@ -344,7 +349,7 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
         is_image=gather_positions(view.is_image, idx) & valid,
         valid=valid,
         attention_mask=key_valid,
-        position_ids=gather_positions(view.position_ids, idx),
+        position_ids=_gather_or_none(view.position_ids, idx),
         position_embeddings=tuple(gather_positions(t, idx) for t in view.position_embeddings),
         mask=mask,
         mask_position_ids=None,
@@ -367,20 +372,16 @@ def _text_query_full_key_mask(index: RoutingIndex, attention_mask, length: int, 
     return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
 
 
-def _image_kv_merge(layer, side_image, index: RoutingIndex, position_embeddings, text_keys, text_values):
+def _image_kv_merge(backbone, layer, side_image, index: RoutingIndex, position_embeddings, text_keys, text_values):
     """Project the side output into this layer's K/V at the image positions; merge with the text K/V.
 
     text_keys/values: (B, H_kv, Lt, hd) -> returns (B, H_kv, L, hd) in full-view order.
     """
     attn = layer.self_attn
-    batch, n_image = side_image.shape[:2]
     x = layer.input_layernorm(side_image)  # (B, Li, d)
-    keys = attn.k_proj(x)  # (B, Li, H_kv * hd)
-    shape = (batch, n_image, keys.shape[-1] // attn.head_dim, attn.head_dim)
-    keys = keys.view(shape).transpose(1, 2)  # (B, H_kv, Li, hd)
-    values = attn.v_proj(x).view(shape).transpose(1, 2)
+    keys, values = project_kv(attn, x)  # (B, H_kv, Li, hd) each
     cos, sin = (gather_positions(t, index.image_idx) for t in position_embeddings)  # (B, Li, hd)
-    apply_rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    apply_rotary = backbone.apply_rotary(attn)
     _, keys = apply_rotary(keys, keys, cos, sin)
     idx = index.merge_idx[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])  # (B, H_kv, L, hd)
     merged_keys = torch.cat([text_keys, keys.to(text_keys.dtype)], dim=2).gather(2, idx)
@@ -393,9 +394,10 @@ def _run_kv_layer(args, layer_idx, text_hidden, side_image, index, kv_mask, text
     layer = args.backbone.layers[layer_idx]
 
     def call(forward, hidden, image):
-        injector = ImageKVInjector(partial(_image_kv_merge, layer, image, index, position_embeddings), inner=args.cache)
-        return forward(hidden, attention_mask=kv_mask, position_ids=text_position_ids, cache=injector,
-                       use_cache=args.use_cache, position_embeddings=text_position_embeddings)
+        injector = ImageKVInjector(partial(_image_kv_merge, args.backbone, layer, image, index, position_embeddings),
+                                   inner=args.cache)
+        return args.backbone.call_layer(forward, hidden, kv_mask, text_position_ids, injector, args.use_cache,
+                                        text_position_embeddings)
 
     if getattr(layer, "gradient_checkpointing", False) and layer.training and torch.is_grad_enabled():
         # The layer's own checkpointing would drop the cache argument that carries the image K/V;

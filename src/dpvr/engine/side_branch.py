@@ -40,14 +40,12 @@ class SideBranch(nn.Module):
         attention_mask,
         position_ids: torch.Tensor,  # (B|1, P)
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        backbone=None,  # the family's adapter (knows the layer call); None: the transformers 5.24 signature
     ) -> torch.Tensor:  # (B, P, d)
         for layer in self.layers:
-            hidden = layer(
-                hidden,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=None,
-                use_cache=False,
-                position_embeddings=position_embeddings,
-            )
+            if backbone is not None:
+                hidden = backbone.call_layer(layer, hidden, attention_mask, position_ids, None, False, position_embeddings)
+            else:
+                hidden = layer(hidden, attention_mask=attention_mask, position_ids=position_ids, cache=None,
+                               use_cache=False, position_embeddings=position_embeddings)
         return hidden

@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from dpvr.config import DPVRConfig
+from dpvr.backbones import adapter_for
+from dpvr.config import DPVR_VARIANTS, DPVRConfig
 from dpvr.model import get_dpvr_model
 
 
@@ -22,18 +23,18 @@ def compare_variants(
     pixel_values: torch.Tensor | None,
     attention_mask: torch.Tensor | None = None,
     split: int | None = None,
-    variants: tuple[str, ...] = ("vanilla", "lf", "pc", "kv", "ideal"),
+    variants: tuple[str, ...] = ("vanilla", *DPVR_VARIANTS),
     new_tokens: int = 8,
 ) -> list[dict]:
     num_layers = base.config.get_text_config().num_hidden_layers
     split = split if split is not None else num_layers // 2
-    image_token_id = base.config.image_token_id
+    adapter = adapter_for(base)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    is_text = (input_ids != image_token_id) & attention_mask.bool()
+    is_text = ~adapter.visual_mask(input_ids) & attention_mask.bool()
     full_len, text_len = int(attention_mask.sum(1).max()), int(is_text.sum(1).max())
     gen = dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-               max_new_tokens=new_tokens, do_sample=False, suppress_tokens=[image_token_id])
+               max_new_tokens=new_tokens, do_sample=False, suppress_tokens=adapter.suppress_tokens())
     rows, reference = [], None
     for variant in variants:
         model = get_dpvr_model(base, DPVRConfig(variant=variant, split=None if variant == "vanilla" else split)).eval()

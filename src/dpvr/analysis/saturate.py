@@ -308,62 +308,8 @@ def write_outputs(result: SaturationResult, out_dir: str | Path, plot: bool = Tr
 
 # --------------------------------------------------------------------------- end to end
 
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16")
-    return table[dtype]
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
-def load_model_and_processor(model_path: str | Path | None, *, dtype: str = "auto", device: str = "auto",
-                             attn_implementation: str = "sdpa"):
-    """Load a LLaVA-style model and its processor (``None``: the embedded default), with clear errors.
-
-    Returns ``(model, processor, name)``; ``name`` is the path, or ``"dpvr.embedded"``.
-    """
-    dev = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, dev)
-    name = None
-    if model_path is None:
-        try:
-            from dpvr import embedded
-
-            model_path, name = embedded.checkpoint_path(), "dpvr.embedded"
-        except (ImportError, AttributeError, FileNotFoundError) as err:
-            raise ValueError(f"no --model given and the embedded default model is not available ({err}): "
-                             "pass --model PATH") from None
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-    path = Path(model_path)
-    if not path.exists() and (str(model_path).startswith((".", "/")) or str(model_path).count("/") != 1):
-        raise FileNotFoundError(f"model {model_path} not found (a local directory or a hub id owner/name)")
-    try:
-        config = AutoConfig.from_pretrained(model_path)
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"cannot load a model config from {model_path}: {str(err).splitlines()[0]}") from None
-    if getattr(config, "image_token_id", getattr(config, "image_token_index", None)) is None or \
-            not hasattr(config, "text_config"):
-        raise ValueError(f"{model_path} is not a LLaVA-style model (config {type(config).__name__} has no "
-                         "image_token_id / text_config)")
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype,
-                                                        attn_implementation=attn_implementation)
-    model.to(dev).eval()
-    check_llava_style(model)
-    processor = AutoProcessor.from_pretrained(model_path)
-    return model, processor, name or str(model_path)
+# The one model loader lives in dpvr.loading; the old name stays importable from here.
+from dpvr.loading import load_model as load_model_and_processor  # noqa: E402
 
 
 def run_analysis(

@@ -164,29 +164,31 @@ def _spread(positions: torch.Tensor, cap: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- model access
 
 def language_model(model):
-    """The decoder stack (``.layers``, ``.norm``) of a LLaVA-style model, or a clear error."""
-    inner = getattr(model, "model", None)
-    lm = getattr(inner, "language_model", None)
-    if lm is None or not hasattr(lm, "layers") or not hasattr(lm, "norm"):
-        raise ValueError(
-            f"{type(model).__name__} is not a LLaVA-style model: expected `.model.language_model` with "
-            "`.layers` and `.norm` (e.g. transformers.LlavaForConditionalGeneration)")
-    return lm
+    """The decoder stack (``.layers``, ``.norm``) of a model of a supported family, or a clear error."""
+    from dpvr.backbones import adapter_for
+
+    return adapter_for(model).language_model
 
 
 def image_token_id(model) -> int:
-    cfg = model.config
-    tok = getattr(cfg, "image_token_id", None)
-    if tok is None:
-        tok = getattr(cfg, "image_token_index", None)
-    if tok is None:
-        raise ValueError(f"{type(model).__name__} is not a LLaVA-style model: its config has no image_token_id")
-    return int(tok)
+    """The image placeholder id of a model of a supported family."""
+    from dpvr.backbones import adapter_for
+
+    return adapter_for(model).image_token_id
+
+
+def visual_token_ids(model) -> list[int]:
+    """Every visual placeholder id (image and video) of a model of a supported family."""
+    from dpvr.backbones import adapter_for
+
+    return list(adapter_for(model).visual_token_ids.values())
 
 
 def check_llava_style(model) -> None:
-    language_model(model)
-    image_token_id(model)
+    """Refuse a model dpvr has no backbone adapter for (one message naming its type and the supported ones)."""
+    from dpvr.backbones import adapter_for
+
+    adapter_for(model)
     if model.get_output_embeddings() is None:
         raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head): the logit lens needs one")
 

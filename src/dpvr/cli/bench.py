@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dpvr.config import DPVR_VARIANTS
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -169,7 +171,7 @@ def run_flops(args: argparse.Namespace) -> int:
         dims, methods, text_tokens=args.text_tokens, system_tokens=args.system_tokens, num_images=args.num_images,
         batch=args.batch_size, new_tokens=args.new_tokens,
         dtype_bytes=torch.empty((), dtype=DTYPES[args.dtype]).element_size(), lm_head_positions=args.lm_head)
-    routed = next((m.dpvr for m in methods if m.name in ("lf", "pc", "kv", "ideal")), None)
+    routed = next((m.dpvr for m in methods if m.name in DPVR_VARIANTS), None)
     report["parameters"] = parameter_counts(cfg, routed)
     print(f"{dims.name}: {dims.num_layers} layers, {dims.image_tokens} image tokens/image, "
           f"{args.system_tokens} system tokens, batch {args.batch_size}, split {split}")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dpvr.config import DPVR_VARIANTS
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -70,7 +72,7 @@ def run(args) -> int:
 
     grid = parse_grid(args.grid)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("lf", "pc", "kv", "ideal")]
+    bad = [v for v in variants if v not in DPVR_VARIANTS]
     if bad:
         raise ValueError(f"--variants: {bad} are not trainable DPVR variants (lf, pc, kv, ideal)")
     points = expand_grid(grid, variants, args.seeds)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from dpvr.config import DPVR_VARIANTS
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -30,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--image-folder", help="folder the records' image paths are relative to (default: --data's folder)")
     p.add_argument("--method", choices=["dpvr", "lora", "full"], default="dpvr",
                    help="dpvr: train the side branch; lora: peft LoRA on the LM; full: fine-tune the whole LM")
-    p.add_argument("--variant", choices=["lf", "pc", "kv", "ideal"], default="lf", help="DPVR variant (--method dpvr)")
+    p.add_argument("--variant", choices=list(DPVR_VARIANTS), default="lf", help="DPVR variant (--method dpvr)")
     p.add_argument("--split", type=int, help="split layer s (default: 18/32 of the layers, the paper's 7B ratio)")
     p.add_argument("--fusion-layers", type=_int_list, help="explicit fusion layers for lf, e.g. 6,7")
     p.add_argument("--num-fusion-layers", type=int, help="lf: fuse in the last K layers (default 1)")

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from dpvr.config import VARIANTS
 from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.methods import Method, make_methods
@@ -79,7 +80,7 @@ def _build_dpvr(base: torch.nn.Module, method: Method) -> torch.nn.Module:
 
 # name -> builder(base_model, method) -> model with the HF call convention (see ModelRunner).
 MODEL_BUILDERS: dict[str, Callable[[torch.nn.Module, Method], torch.nn.Module]] = {
-    name: _build_dpvr for name in ("vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw")
+    name: _build_dpvr for name in VARIANTS
 }
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpvr.config import DPVRConfig
+from dpvr.config import DPVR_VARIANTS, PEER_VARIANTS, DPVRConfig
 
-DPVR_METHODS = ("vanilla", "lf", "pc", "kv", "ideal")
-PEER_METHODS = ("fastv", "vtw")
+DPVR_METHODS = ("vanilla", *DPVR_VARIANTS)
+PEER_METHODS = PEER_VARIANTS
 METHODS = DPVR_METHODS + PEER_METHODS
 
 DESCRIPTIONS = {

@@ -32,15 +32,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from dpvr.config import DPVRConfig
+from dpvr.backbones import adapter_for
+from dpvr.config import DPVR_VARIANTS, DPVRConfig
 from dpvr.efficiency.latency import DTYPES, Timer, timing_method, build_random_model, make_inputs, resolve_device, summarise
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import default_split, load_shape_config, shape_name
 
-TRAIN_DPVR = ("lf", "pc", "kv", "ideal")
+TRAIN_DPVR = DPVR_VARIANTS
 DEFAULT_TRAIN_METHODS = ("lf", "pc", "kv", "lora16", "full")
-LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 
 def check_train_method(name: str) -> None:
@@ -89,15 +89,14 @@ def _prepare(name: str, base, split: int, s: TrainSettings):
     elif name == "full":
         model = copy.deepcopy(base)
         model.requires_grad_(False)
-        model.model.language_model.requires_grad_(True)
-        model.lm_head.requires_grad_(True)
-        model.model.multi_modal_projector.requires_grad_(True)
+        for module in adapter_for(model).full_finetune_modules():
+            module.requires_grad_(True)
     else:
         from peft import LoraConfig, get_peft_model
 
         r = int(name[4:])
         model = get_peft_model(copy.deepcopy(base), LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
-                                                               target_modules=LORA_TARGETS))
+                                                               target_modules=adapter_for(base).lora_target_modules()))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     return model, params

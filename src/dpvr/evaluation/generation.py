@@ -58,9 +58,12 @@ def model_dtype(model) -> torch.dtype:
     return next(p for p in model.parameters() if p.is_floating_point()).dtype
 
 
-def image_token_id(model) -> int | None:
-    config = model.config
-    return getattr(config, "image_token_id", getattr(config, "image_token_index", None))
+def visual_token_ids(model) -> list[int]:
+    """Every visual placeholder id of the model's family (generation must never emit them)."""
+    from dpvr.backbones import adapter_for
+
+    base = getattr(model, "base", model)  # a DPVRModel wraps its base
+    return adapter_for(base).suppress_tokens()
 
 
 def encode(processor, prompts: list[Prompt], device=None, dtype=None, texts: list[str] | None = None) -> dict:
@@ -99,9 +102,7 @@ def generate(model, processor, prompts: list[Prompt], max_new_tokens: int = 16, 
                   top_k=None, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                   eos_token_id=tok.eos_token_id)
     kwargs.update(overrides)
-    image_id = image_token_id(model)
-    if image_id is not None:
-        kwargs["suppress_tokens"] = [image_id]
+    kwargs["suppress_tokens"] = visual_token_ids(model)
     out = model.generate(**enc, **kwargs)
     return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dpvr.config import PEER_VARIANTS
 from dpvr.evaluation.methods import MethodSpec
 
 
@@ -91,7 +92,7 @@ def check_method(spec: MethodSpec, base) -> None:
     if spec.kind == "adapter":
         config, _ = _adapter_config(spec, base)
         config.resolve(_num_layers(base))
-    elif spec.kind in ("fastv", "vtw"):
+    elif spec.kind in PEER_VARIANTS:
         spec.dpvr_config().resolve(_num_layers(base))
     elif spec.kind == "lora":
         path = _folder(spec)
@@ -124,7 +125,7 @@ def load_method(spec: MethodSpec, base, processor):
     info = {"kind": spec.kind, "path": spec.path, "options": dict(spec.options)}
     if spec.kind == "vanilla":
         yield LoadedMethod(spec, base, processor, info)
-    elif spec.kind in ("fastv", "vtw"):
+    elif spec.kind in PEER_VARIANTS:
         config = spec.dpvr_config()
         info["dpvr_config"] = config.to_dict()
         yield LoadedMethod(spec, get_dpvr_model(base, config).eval(), processor, info)

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpvr.config import DPVR_VARIANTS
+
 METHODS = ("dpvr", "lora", "full")
 DEFAULT_LR = {"lf": 1e-3, "pc": 2e-4, "kv": 2e-4, "ideal": 2e-4, "lora": 2e-4, "full": 2e-5}
 
@@ -52,7 +54,7 @@ class TrainArgs:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.method == "dpvr" and self.variant not in ("lf", "pc", "kv", "ideal"):
+        if self.method == "dpvr" and self.variant not in DPVR_VARIANTS:
             raise ValueError(f"--variant must be lf, pc, kv or ideal for --method dpvr, got {self.variant!r}")
         for name in ("batch_size", "grad_accum", "side_depth", "lora_r", "logging_steps", "eval_samples"):
             if getattr(self, name) < 1:

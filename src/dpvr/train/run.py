@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, LlavaForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from dpvr.adapter import load_side_branch_weights, write_adapter_files
+from dpvr.backbones import adapter_for
 from dpvr.config import DPVRConfig
 from dpvr.io import write_json_atomic
+from dpvr.loading import load_model
 from dpvr.model import DPVRModel, get_dpvr_model
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
@@ -65,9 +67,7 @@ def load_base(model_dir: str, bf16: bool = False):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a LLaVA checkpoint")
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    base = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(path)
+    base, processor, _ = load_model(path, dtype="bfloat16" if bf16 else "float32", device="cpu")
     return base, processor
 
 
@@ -82,12 +82,12 @@ def build_trainable(base, args: TrainArgs):
     if args.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        targets = adapter_for(base).lora_target_modules()
         return get_peft_model(base, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
                                                target_modules=targets))
     for p in base.parameters():
         p.requires_grad_(False)
-    for module in (base.model.language_model, base.lm_head):
+    for module in adapter_for(base).full_finetune_modules():
         for p in module.parameters():
             p.requires_grad_(True)
     return base

@@ -1,0 +1,70 @@
+"""The one model loader: a model of any supported family (`dpvr.backbones`) and its own processor.
+
+    model, processor, name = load_model("path/to/checkpoint")   # None: the embedded tiny LLaVA
+
+Every command (train, eval, analyze, sweep, demo, the lmms-eval plugin) loads through here, so
+an unsupported model type gets the same one-line message everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dpvr.backbones import adapter_class, adapter_for
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def load_model(model_path: str | Path | None, *, dtype: str = "auto", device: str = "auto",
+               attn_implementation: str = "sdpa"):
+    """Load a multimodal model of a supported family and its processor (``None``: the embedded default).
+
+    Returns ``(model, processor, name)``; ``name`` is the path, or ``"dpvr.embedded"``.
+    """
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    name = None
+    if model_path is None:
+        try:
+            from dpvr import embedded
+
+            model_path, name = embedded.checkpoint_path(), "dpvr.embedded"
+        except (ImportError, AttributeError, FileNotFoundError) as err:
+            raise ValueError(f"no --model given and the embedded default model is not available ({err}): "
+                             "pass --model PATH") from None
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(model_path)
+    if not path.exists() and (str(model_path).startswith((".", "/")) or str(model_path).count("/") != 1):
+        raise FileNotFoundError(f"model {model_path} not found (a local directory or a hub id owner/name)")
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"cannot load a model config from {model_path}: {str(err).splitlines()[0]}") from None
+    adapter_class(getattr(config, "model_type", None))  # one message naming the type and the supported families
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype,
+                                                        attn_implementation=attn_implementation)
+    model.to(dev).eval()
+    adapter_for(model)
+    processor = AutoProcessor.from_pretrained(model_path)
+    return model, processor, name or str(model_path)

@@ -229,3 +229,16 @@ def test_route_only_images_or_videos(name):
         assert torch.equal(model.backbone.visual_mask(ids), ids == kept_id)
         with torch.no_grad():
             model(**batch)
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_synthetic_benchmark_batch_matches_the_family_rule(name):
+    """The bench's random prompts carry exactly as many placeholders as the family's vision tower yields."""
+    fam, base, _ = _setup(name)
+    adapter = dpvr.backbones.adapter_for(base)
+    batch = type(adapter).synthetic_batch(base.config, 2, 5, 7, (40, 72), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = base(**batch).logits  # a count mismatch raises inside the family's own forward
+        out = _wrap(base, variant="lf", split=SPLIT)(**batch).logits
+    assert ref.shape == out.shape and torch.equal(batch["input_ids"][0], batch["input_ids"][1])
+    assert int(adapter.visual_mask(batch["input_ids"])[0].sum()) > 0

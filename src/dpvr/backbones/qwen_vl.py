@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from dpvr.backbones.base import BackboneAdapter, Positions
+from dpvr.backbones.base import BackboneAdapter, Positions, random_prompt
 from dpvr.backbones.registry import register
 
 
@@ -36,6 +36,28 @@ class Qwen2VLAdapter(BackboneAdapter):
             text = position_ids[0]  # (B, q)
             return Positions(rope=position_ids[1:], layer=text, mask=text)
         return Positions(rope=position_ids, layer=None, mask=None)
+
+
+    @classmethod
+    def synthetic_batch(cls, config, batch: int, system_tokens: int, text_tokens: int, image_hw=None,
+                        generator: torch.Generator | None = None) -> dict:
+        """One image of ``image_hw`` pixels (default 1280x720 landscape: (720, 1280)) resized as the family's
+        processor does (sides multiples of patch x merge, within its pixel budget), then 2x2-merged patches."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        vision = config.vision_config
+        patch, merge, tp = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        h, w = image_hw or (720, 1280)
+        h, w = smart_resize(h, w, factor=patch * merge, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280)
+        grid = torch.tensor([[1, h // patch, w // patch]])
+        n_image = int(grid.prod()) // merge ** 2
+        ids = random_prompt(config.get_text_config().vocab_size, system_tokens,
+                             [config.vision_start_token_id] + [config.image_token_id] * n_image + [config.vision_end_token_id],
+                             text_tokens, cls._reserved_ids(config), generator)
+        rows = torch.randn(batch * int(grid.prod()), vision.in_channels * tp * patch * patch, generator=generator)
+        ids = ids.expand(batch, -1).clone()
+        return {"input_ids": ids, "pixel_values": rows, "image_grid_thw": grid.repeat(batch, 1),
+                "mm_token_type_ids": (ids == config.image_token_id).int()}
 
 
 @register

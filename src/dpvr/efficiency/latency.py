@@ -79,7 +79,7 @@ def _build_dpvr(base: torch.nn.Module, method: Method) -> torch.nn.Module:
 
 # name -> builder(base_model, method) -> model with the HF call convention (see ModelRunner).
 MODEL_BUILDERS: dict[str, Callable[[torch.nn.Module, Method], torch.nn.Module]] = {
-    name: _build_dpvr for name in ("vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw")
+    name: _build_dpvr for name in ("vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw", "lf+fastv")
 }
 
 

@@ -200,7 +200,7 @@ def run_flops(args: argparse.Namespace) -> int:
           f"(D={args.side_depth}) {report['parameters']['side_branch']:,d}")
     print(format_table(report["rows"]))
     print("LM = decoder layers + side branch; whole = LM + vision tower + projector + lm_head "
-          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); vision side: analytic (same for every "
+          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); vision side: analytic estimate (same for every "
           f"method); decode = mean over {args.new_tokens} new token(s); KV cache in {args.dtype}.")
     for path in _write(args.out, "flops", report, plot_flops, args.no_plot):
         print(f"wrote {path}")

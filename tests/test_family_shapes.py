@@ -208,3 +208,30 @@ def test_lf_saves_on_every_family_and_grows_with_the_visual_share(name):
     assert lf[64]["visual_share"] > lf[512]["visual_share"]
     assert both[64]["saving_lm"] > lf[64]["saving_lm"]
     assert 0 < lf[64]["saving_whole"] < lf[64]["saving_lm"]  # the vision side is the same for every method
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_latency_model_builder_is_family_generic(name):
+    from dpvr.efficiency.latency import build_random_model
+
+    cfg = load_shape_config(name)
+    model = build_random_model(cfg, torch.bfloat16, "meta")
+    assert type(model).__name__ == cfg.architectures[0]
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_TOTALS[name]
+
+
+def test_latency_prompt_ids_follow_the_layout_and_unbuilt_inputs_are_refused():
+    from dpvr.efficiency.latency import make_inputs, measure_latency, prompt_ids
+
+    cfg = load_shape_config("qwen3-vl-8b")
+    layout = prompt_layout(cfg, "video")
+    ids = prompt_ids(cfg, layout, 2, 5, torch.Generator().manual_seed(0))
+    assert ids.shape == (2, len(layout.mask(5)))
+    assert int((ids == cfg.video_token_id).sum()) == 2 * 7040 and not (ids == cfg.image_token_id).any()
+    with pytest.raises(ValueError, match="inputs come with its backbone adapter"):
+        make_inputs(cfg, 1, 4, 8, 1, torch.float32, torch.device("cpu"))
+    with pytest.raises(ValueError, match="inputs come with its backbone adapter"):
+        measure_latency(cfg, ["lf+fastv-50"])
+    tiny = make_inputs(load_shape_config("tiny"), 2, 3, 4, 2, torch.float32, torch.device("cpu"))
+    assert int((tiny["input_ids"] == 500).sum()) == 2 * 16 and tiny["pixel_values"].shape == (2, 3, 32, 32)

@@ -20,7 +20,7 @@ def test_bench_flops_cli(tmp_path, capsys):
     assert (tmp_path / "flops.png").stat().st_size > 0
     lf = next(r for r in report["rows"] if r["method"] == "lf")
     assert lf["saving_lm"] == pytest.approx(0.29, abs=0.01)
-    assert {r["method"] for r in report["rows"]} == {"vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw"}
+    assert {r["method"] for r in report["rows"]} == {"vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw", "lf+fastv"}
     assert report["parameters"]["side_branch"] == 202_383_360
     assert "lf(s=18,K=1,D=1)" in capsys.readouterr().out
 

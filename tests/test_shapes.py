@@ -77,7 +77,7 @@ def test_bad_shapes_are_refused_with_clear_errors(tmp_path):
         load_shape_config("llava-9b")
     bad = tmp_path / "bert.json"
     bad.write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ValueError, match="not a LLaVA config"):
+    with pytest.raises(ValueError, match="not a vision-language model config"):
         load_shape_config(bad)
     broken = tmp_path / "broken.json"
     broken.write_text("{")

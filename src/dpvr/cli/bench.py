@@ -1,12 +1,17 @@
 """``dpvr bench``: efficiency of DPVR and its peers (SPEC §9) — analytic FLOPs, measured latency, training step.
 
     dpvr bench flops --config llava-1.5-7b --split 18 --text-tokens 64,128,256,512
+    dpvr bench flops --shape qwen2.5-vl-7b --layout video --methods lf,fastv-50,lf+fastv-50
+    dpvr bench flops --shape all --text-tokens 128      # LF's saving on every bundled shape
     dpvr bench latency --config cpu-mid --threads 2 --text-tokens 64,128 --out runs/bench/cpu-mid
     dpvr bench latency --config llava-1.5-7b --device cuda --dtype bf16 --batch-sizes 1,8
     dpvr bench train --config cpu-mid --methods lf,pc,kv,lora16,full
 
-``--config`` takes a bundled shape (llava-1.5-7b, llava-1.5-13b, cpu-mid, tiny), a ``config.json``
-or a model directory; models are built with random weights, nothing is downloaded. Each mode prints
+``--config`` (or ``--shape``) takes a bundled shape (llava-1.5-7b, llava-1.5-13b, llava-v1.6-mistral-7b,
+llava-onevision-qwen2-7b, qwen2.5-vl-7b, qwen3-vl-8b, gemma-3-4b, internvl3-8b, smolvlm-2.2b,
+mistral-small-3.1-24b, cpu-mid, tiny), a ``config.json`` or a model directory; models are built with
+random weights, nothing is downloaded. Each bundled shape has its default prompt layout (an image,
+or a video with ``--layout video``) with visual tokens counted by its family's own rule. Each mode prints
 a table and writes ``<mode>.json`` and ``<mode>.png`` to ``--out``. Thin over
 :mod:`dpvr.efficiency` (``flops.analytic_report``, ``latency.measure_latency``, ``train.measure_training``).
 """
@@ -17,6 +22,9 @@ import argparse
 from pathlib import Path
 
 from dpvr.config import DPVR_VARIANTS
+
+
+FLOPS_METHODS = "lf,pc,kv,ideal,fastv,vtw,lf+fastv"
 
 
 def _int_list(text: str) -> list[int]:
@@ -34,9 +42,11 @@ def _name_list(text: str) -> list[str]:
 
 
 def _routing_args(p: argparse.ArgumentParser, methods_default: str, methods_help: str) -> None:
-    p.add_argument("--config", default=None,
+    p.add_argument("--config", "--shape", dest="config", default=None,
                    help="bundled shape name, config.json or model directory (default: llava-1.5-7b for flops, "
-                        "cpu-mid on CPU / llava-1.5-7b on CUDA for latency and train)")
+                        "cpu-mid on CPU / llava-1.5-7b on CUDA for latency and train); flops also takes 'all'")
+    p.add_argument("--layout", default=None,
+                   help="the shape's prompt layout: image or video where the shape has one (default: its first)")
     p.add_argument("--methods", type=_name_list, default=_name_list(methods_default),
                    help=f"comma-separated methods; vanilla is always included (default {methods_default}). {methods_help}")
     p.add_argument("--split", type=int, default=None, help="split layer s (default: the shape's usual split)")
@@ -73,11 +83,13 @@ def add_parser(subparsers) -> None:
 
     f = modes.add_parser("flops", help="analytic prefill/decode FLOPs and KV-cache bytes of every method",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _routing_args(f, "lf,pc,kv,ideal,fastv,vtw", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw.")
+    _routing_args(f, FLOPS_METHODS, "Known: vanilla, lf, pc, kv, ideal, fastv, vtw, lf+fastv; "
+                  "fastv-NN and lf+fastv-NN keep NN %% of the image tokens (e.g. lf+fastv-50).")
     _peer_args(f)
     f.add_argument("--text-tokens", type=_int_list, default=[64, 128, 256, 512],
                    help="text lengths, comma-separated (default 64,128,256,512)")
-    f.add_argument("--system-tokens", type=int, default=35, help="tokens before the image (default 35)")
+    f.add_argument("--system-tokens", type=int, default=None,
+                   help="tokens before the first image (default: the shape's; 35 for LLaVA-1.5)")
     f.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
     f.add_argument("--batch-size", type=int, default=1, help="prompts per batch (default 1)")
     f.add_argument("--new-tokens", type=int, default=1, help="decode figures: mean over this many new tokens (default 1)")
@@ -90,7 +102,8 @@ def add_parser(subparsers) -> None:
 
     lat = modes.add_parser("latency", help="measured prefill, cached decode, peak memory, KV-cache bytes vs vanilla",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _routing_args(lat, "lf,pc,kv,ideal", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw.")
+    _routing_args(lat, "lf,pc,kv,ideal", "Known: vanilla, lf, pc, kv, ideal, fastv, vtw, lf+fastv; fastv-NN and "
+                  "lf+fastv-NN keep NN %% of the image tokens (e.g. lf+fastv-50).")
     _peer_args(lat)
     lat.add_argument("--text-tokens", type=_int_list, default=[64, 128], help="text lengths (default 64,128)")
     lat.add_argument("--batch-sizes", type=_int_list, default=[1], help="batch sizes (default 1)")
@@ -154,35 +167,62 @@ def run_flops(args: argparse.Namespace) -> int:
     from dpvr.efficiency.methods import make_methods
     from dpvr.efficiency.plots import plot_flops
     from dpvr.shapes import default_split, load_shape_config, parameter_counts
+    from dpvr.shapes.layout import prompt_layout
 
     if args.dtype not in DTYPES:
         raise UserError(f"unknown --dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     for name in ("batch_size", "num_images", "new_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.system_tokens < 0:
+    if args.system_tokens is not None and args.system_tokens < 0:
         raise UserError("--system-tokens must be >= 0")
+    if args.config == "all":
+        return _run_flops_all(args)
     cfg = load_shape_config(args.config or "llava-1.5-7b")
-    dims = ShapeDims.from_config(cfg)
+    layout = prompt_layout(cfg, args.layout, system_tokens=args.system_tokens)
+    if args.num_images > 1:
+        layout = prompt_layout(cfg, layout.name, visuals=list(layout.visuals) * args.num_images,
+                               system_tokens=layout.system_tokens)
+    dims = ShapeDims.from_config(cfg, layout)
     split = args.split if args.split is not None else default_split(cfg)
     methods = make_methods(args.methods, dims.num_layers, split, args.num_fusion_layers, args.fusion_layers,
                            args.side_depth, args.fastv_k, args.fastv_ratio, args.vtw_k)
     report = analytic_report(
-        dims, methods, text_tokens=args.text_tokens, system_tokens=args.system_tokens, num_images=args.num_images,
-        batch=args.batch_size, new_tokens=args.new_tokens,
-        dtype_bytes=torch.empty((), dtype=DTYPES[args.dtype]).element_size(), lm_head_positions=args.lm_head)
-    routed = next((m.dpvr for m in methods if m.name in DPVR_VARIANTS), None)
+        dims, methods, text_tokens=args.text_tokens, batch=args.batch_size, new_tokens=args.new_tokens,
+        dtype_bytes=torch.empty((), dtype=DTYPES[args.dtype]).element_size(), lm_head_positions=args.lm_head,
+        layout=layout)
+    routed = next((m.dpvr for m in methods if m.name in (*DPVR_VARIANTS, "lf+fastv")), None)
     report["parameters"] = parameter_counts(cfg, routed)
-    print(f"{dims.name}: {dims.num_layers} layers, {dims.image_tokens} image tokens/image, "
-          f"{args.system_tokens} system tokens, batch {args.batch_size}, split {split}")
+    inputs = ", ".join(f"{v.kind} {v.width}x{v.height}" + (f", {v.frames} frames" if v.kind == "video" else "")
+                       for v in layout.visuals)
+    print(f"{dims.name} ({cfg.model_type}): {dims.num_layers} layers, split {split}; {layout.name} layout: {inputs} -> "
+          f"{layout.visual_tokens} visual tokens (+{layout.marker_tokens} marker text tokens), "
+          f"{layout.system_tokens} system tokens, batch {args.batch_size}")
     print(f"parameters: {report['parameters']['total']:,d} in the base model; side branch "
           f"(D={args.side_depth}) {report['parameters']['side_branch']:,d}")
     print(format_table(report["rows"]))
     print("LM = decoder layers + side branch; whole = LM + vision tower + projector + lm_head "
-          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); decode = mean over {args.new_tokens} new "
-          f"token(s); KV cache in {args.dtype}.")
+          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); vision side: analytic estimate (same for every "
+          f"method); decode = mean over {args.new_tokens} new token(s); KV cache in {args.dtype}.")
     for path in _write(args.out, "flops", report, plot_flops, args.no_plot):
         print(f"wrote {path}")
+    return 0
+
+
+def _run_flops_all(args: argparse.Namespace) -> int:
+    from dpvr.efficiency.report import write_json_atomic
+    from dpvr.efficiency.shapes_table import DEFAULT_TABLE_METHODS, format_shape_table, shape_rows
+
+    methods = [m for m in args.methods if m != "vanilla"] or ["lf"]
+    if args.methods == _name_list(FLOPS_METHODS):  # not chosen: LF and LF+FastV, as the README table
+        methods = list(DEFAULT_TABLE_METHODS)
+    rows = shape_rows(text_tokens=args.text_tokens, methods=methods, fastv_k=args.fastv_k)
+    print(format_shape_table(rows))
+    print("savings = 1 - method / vanilla prefill FLOPs at the shape's usual split s (of N layers); LM = decoder "
+          "layers + side branch, whole = + vision tower, projector, lm_head; share = visual tokens / prompt tokens.")
+    path = write_json_atomic(Path(args.out) / "flops-shapes.json", {"kind": "flops-shapes", "methods": methods,
+                                                                    "text_tokens": args.text_tokens, "rows": rows})
+    print(f"wrote {path}")
     return 0
 
 

@@ -7,7 +7,7 @@ Run it as ``dpvr bench latency --config cpu-mid --threads 2`` or from Python::
 
 How it measures (SPEC §9):
 
-* one random-weight ``LlavaForConditionalGeneration`` of the shape (no download), seeded; each
+* one random-weight model of the shape's family (:func:`build_random_model`, no download), seeded; each
   method wraps that same base through ``dpvr.get_dpvr_model`` (the DPVR variants and the peers
   FastV and VTW, which the engine runs as ``DPVRConfig`` variants); vanilla is the unwrapped HF model;
 * per (batch size, text length): ``warmup`` untimed rounds, then ``repeats`` rounds; in every round
@@ -37,12 +37,11 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import AutoModelForImageTextToText, PretrainedConfig
 
-from dpvr.config import VARIANTS
 from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
 from dpvr.efficiency.memory import memory_method, track_peak
-from dpvr.efficiency.methods import Method, make_methods
+from dpvr.efficiency.methods import METHODS, Method, make_methods
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import default_split, load_shape_config, shape_name
 
@@ -51,18 +50,22 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 # ---------------------------------------------------------------------------------------- models
-def build_random_model(config: LlavaConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                       attn: str = "sdpa", seed: int = 0) -> LlavaForConditionalGeneration:
-    """A random-weight model of this shape, built directly on ``device`` in ``dtype`` (nothing downloaded)."""
+def build_random_model(config: PretrainedConfig, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu", attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """A random-weight model of this shape, of its family's class (``AutoModelForImageTextToText`` picks
+    it from ``model_type``: LLaVA, LLaVA-NeXT, Qwen2.5-VL, Gemma 3, ...), built directly on ``device`` in
+    ``dtype`` (``device="meta"``: shapes only, no memory); nothing downloaded."""
     torch.manual_seed(seed)
     config._attn_implementation = attn
-    for sub in (config.text_config, config.vision_config):
-        sub._attn_implementation = attn
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None:
+            sub._attn_implementation = attn
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlavaForConditionalGeneration(config)
+            model = AutoModelForImageTextToText.from_config(config)
     finally:
         torch.set_default_dtype(previous)
     return model.to(dtype=dtype).eval().requires_grad_(False)
@@ -80,7 +83,7 @@ def _build_dpvr(base: torch.nn.Module, method: Method) -> torch.nn.Module:
 
 # name -> builder(base_model, method) -> model with the HF call convention (see ModelRunner).
 MODEL_BUILDERS: dict[str, Callable[[torch.nn.Module, Method], torch.nn.Module]] = {
-    name: _build_dpvr for name in VARIANTS
+    name: _build_dpvr for name in METHODS
 }
 
 
@@ -146,25 +149,55 @@ class ModelRunner:
         return cache
 
 
-def make_inputs(config: LlavaConfig, batch: int, system: int, text: int, new_tokens: int,
-                dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
-    """Random prompt ids laid out as ``system`` tokens, one image, ``text`` tokens; random pixels; and a
-    fixed sequence of decode tokens (never the image token)."""
+def prompt_ids(config: PretrainedConfig, layout, batch: int, text: int, generator: torch.Generator) -> torch.Tensor:
+    """Random prompt ids laid out as ``layout`` plus ``text`` user tokens: the family's image / video token
+    id at visual positions, random ordinary ids (never a special visual id) elsewhere."""
+    vocab = config.get_text_config().vocab_size
+    special = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
+                                                    "video_token_index")} - {None}
+    kinds = layout.kinds(text)
+    ids = torch.randint(4, vocab, (batch, len(kinds)), generator=generator)
+    for bad in special:
+        ids = torch.where(ids == bad, ids.new_tensor(4), ids)
+    for kind, key in (("image", "image_token_id"), ("video", "video_token_id")):
+        at = torch.from_numpy(kinds == kind)
+        if at.any():
+            ids[:, at] = getattr(config, key)
+    return ids
+
+
+INPUT_FAMILIES = ("llava",)
+
+
+def check_inputs_supported(config: PretrainedConfig) -> None:
+    """One clear error, before any model is built, for a family whose pixel inputs are not built yet."""
+    if config.model_type not in INPUT_FAMILIES:
+        raise ValueError(f"dpvr bench latency builds pixel inputs for {', '.join(INPUT_FAMILIES)} shapes only so "
+                         f"far; {config.model_type!r} inputs come with its backbone adapter (dpvr bench flops "
+                         f"--shape works for it now)")
+
+
+def make_inputs(config: PretrainedConfig, batch: int, system: int, text: int, new_tokens: int,
+                dtype: torch.dtype, device: torch.device, seed: int = 0, layout=None) -> dict:
+    """Random prompt ids laid out as ``system`` tokens, the shape's visual input(s) (``layout``: its default
+    layout), ``text`` tokens; random pixels; and a fixed sequence of decode tokens (never a visual id).
+
+    Pixel inputs are built here for LLaVA-1.5 shapes; the other families' pixel inputs (tiles,
+    ``image_grid_thw``, ``token_type_ids``, ...) come with their backbone adapters (``dpvr.backbones``)."""
+    from dpvr.shapes.layout import prompt_layout
+
     g = torch.Generator().manual_seed(seed)
-    vocab, image_id = config.text_config.vocab_size, config.image_token_id
-    dims = ShapeDims.from_config(config)
-
-    def ids(n):
-        x = torch.randint(4, vocab, (batch, n), generator=g)
-        return torch.where(x == image_id, x.new_tensor(4), x)
-
-    input_ids = torch.cat([ids(system), torch.full((batch, dims.image_tokens), image_id), ids(text)], dim=1)
+    layout = layout or prompt_layout(config, system_tokens=system)
+    input_ids = prompt_ids(config, layout, batch, text, g)
+    decode = prompt_ids(config, prompt_layout(config, visuals=[], system_tokens=0), batch, max(new_tokens, 1), g)
+    check_inputs_supported(config)
     size = config.vision_config.image_size
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": torch.ones_like(input_ids).to(device),
-        "pixel_values": torch.randn(batch, 3, size, size, generator=g).to(device=device, dtype=dtype),
-        "decode_tokens": ids(max(new_tokens, 1)).to(device),
+        "pixel_values": torch.randn(batch * len(layout.visuals), 3, size, size, generator=g).to(device=device,
+                                                                                                dtype=dtype),
+        "decode_tokens": decode.to(device),
     }
 
 
@@ -261,7 +294,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def measure_latency(
-    config: str | LlavaConfig,
+    config: str | PretrainedConfig,
     method_names: list[str],
     settings: LatencySettings | None = None,
     progress: bool = True,
@@ -277,12 +310,13 @@ def measure_latency(
     dtype = DTYPES[s.dtype]
     if device.type == "cpu" and s.threads:
         torch.set_num_threads(s.threads)
-    n_layers = cfg.text_config.num_hidden_layers
+    n_layers = cfg.get_text_config().num_hidden_layers
     split = s.split if s.split is not None else default_split(cfg)
     methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth,
                            s.fastv_k, s.fastv_ratio, s.vtw_k)
     dims = ShapeDims.from_config(cfg)
 
+    check_inputs_supported(cfg)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
     runners: dict[str, ModelRunner] = {}
     skipped = []
@@ -395,7 +429,7 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 
 def format_latency_table(report: dict) -> str:
     """A plain-text table of a :func:`measure_latency` report."""
-    head = (f"{'batch':>5} {'text':>5} {'method':<20} {'prefill ms':>10} {'ratio':>6} {'analytic':>8} {'share':>6} "
+    head = (f"{'batch':>5} {'text':>5} {'method':<28} {'prefill ms':>10} {'ratio':>6} {'analytic':>8} {'share':>6} "
             f"{'decode ms/tok':>13} {'ratio':>6} {'analytic':>8} {'peak MiB':>9} {'ratio':>6} {'KV MiB':>7} {'ratio':>6} "
             f"{'analytic':>8}")
     lines = [head, "-" * len(head)]
@@ -403,7 +437,7 @@ def format_latency_table(report: dict) -> str:
         ra, an = r["ratios"], r.get("analytic", {})
         dec = r["decode_s_per_token"] or {}
         lines.append(
-            f"{r['batch']:>5} {r['text_tokens']:>5} {r['label']:<20} {_fmt(r['prefill_s']['median'], '.1f', 1e3):>10} "
+            f"{r['batch']:>5} {r['text_tokens']:>5} {r['label']:<28} {_fmt(r['prefill_s']['median'], '.1f', 1e3):>10} "
             f"{_fmt(ra['prefill'], '.3f'):>6} {_fmt(an.get('prefill_whole_ratio'), '.3f'):>8} "
             f"{_fmt(r.get('measured_share_of_analytic_saving'), '.0%'):>6} "
             f"{_fmt(dec.get('median'), '.2f', 1e3):>13} {_fmt(ra['decode'], '.3f'):>6} "

@@ -16,7 +16,12 @@ kv         DPVR-KV: every deep layer ``kv``; side branch
 ideal      DPVR-LF-ideal: every deep layer ``text``; side branch
 fastv      FastV (SPEC §6): from layer k on, keep ``ratio`` of the image tokens
 vtw        VTW (SPEC §6): from layer k on, no image tokens
+lf+fastv   DPVR-LF with FastV pruning in the shallow stack (layers k..s-1 see the kept image
+           tokens, the side branch the kept prefix)
 =========  ==================================================================================
+
+``fastv`` and ``lf+fastv`` also take FastV's keep share in the name: ``fastv-50``, ``lf+fastv-25``
+(per cent of the image tokens kept; plain names use ``fastv_ratio``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from dpvr.config import DPVR_VARIANTS, PEER_VARIANTS, DPVRConfig
 
 DPVR_METHODS = ("vanilla", *DPVR_VARIANTS)
 PEER_METHODS = PEER_VARIANTS
-METHODS = DPVR_METHODS + PEER_METHODS
+COMPOSED_METHODS = ("lf+fastv",)
+METHODS = DPVR_METHODS + PEER_METHODS + COMPOSED_METHODS
 
 DESCRIPTIONS = {
     "vanilla": "unrouted LLaVA",
@@ -39,6 +45,7 @@ DESCRIPTIONS = {
     "ideal": "DPVR-LF-ideal (no fusion)",
     "fastv": "FastV (keep a share of image tokens after layer k)",
     "vtw": "VTW (drop all image tokens at layer k)",
+    "lf+fastv": "DPVR-LF with FastV pruning in the shallow stack",
 }
 
 
@@ -61,6 +68,9 @@ class Method:
 
     @property
     def label(self) -> str:
+        if self.name == "lf+fastv":
+            c = self.dpvr
+            return f"lf+fastv-{round(100 * c.fastv_ratio)}(s={c.split},k={c.fastv_k},D={c.side_depth})"
         if self.is_peer:
             return f"{self.name}(" + ",".join(f"{k}={v}" for k, v in self.options.items()) + ")"
         if self.dpvr is not None and self.name != "vanilla":
@@ -87,14 +97,26 @@ def make_methods(
     fastv_ratio: float = 0.5,
     vtw_k: int | None = None,
 ) -> list[Method]:
-    """Build (and validate against the backbone) the listed methods; ``vanilla`` is always first."""
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
-    ordered = ["vanilla"] + [n for n in dict.fromkeys(names) if n != "vanilla"]
+    """Build (and validate against the backbone) the listed methods; ``vanilla`` is always first.
+
+    ``fastv-NN`` / ``lf+fastv-NN`` keep NN % of the image tokens (overriding ``fastv_ratio``)."""
+    parsed = {n: parse_method_name(n) for n in dict.fromkeys(names)}
+    ordered = ["vanilla"] + [n for n in parsed if n != "vanilla"]
     methods = []
-    for name in ordered:
-        if name == "vanilla":
+    for full in ordered:
+        name, share = parse_method_name(full)
+        ratio = fastv_ratio if share is None else share
+        if name == "lf+fastv":
+            if not 1 <= fastv_k <= split:
+                raise ValueError(f"lf+fastv: fastv k={fastv_k} must lie in 1..{split} (FastV prunes in the shallow "
+                                 f"stack, before the split)")
+            if not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"fastv ratio={ratio} must lie in [0, 1] (the share of image tokens kept)")
+            m = Method("lf+fastv", DPVRConfig(variant="lf", split=split, side_depth=side_depth,
+                                              num_fusion_layers=num_fusion_layers, fusion_layers=fusion_layers,
+                                              fastv_k=fastv_k, fastv_ratio=ratio),
+                       options={"k": fastv_k, "ratio": ratio})
+        elif name == "vanilla":
             m = Method("vanilla", DPVRConfig(variant="vanilla"))
         elif name in DPVR_METHODS:
             fusion = {}
@@ -104,10 +126,10 @@ def make_methods(
         elif name == "fastv":
             if not 1 <= fastv_k < num_layers:
                 raise ValueError(f"fastv k={fastv_k} must lie in 1..{num_layers - 1}")
-            if not 0.0 <= fastv_ratio <= 1.0:
-                raise ValueError(f"fastv ratio={fastv_ratio} must lie in [0, 1] (the share of image tokens kept)")
-            m = Method("fastv", DPVRConfig(variant="fastv", fastv_k=fastv_k, fastv_ratio=fastv_ratio),
-                       options={"k": fastv_k, "ratio": fastv_ratio})
+            if not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"fastv ratio={ratio} must lie in [0, 1] (the share of image tokens kept)")
+            m = Method("fastv", DPVRConfig(variant="fastv", fastv_k=fastv_k, fastv_ratio=ratio),
+                       options={"k": fastv_k, "ratio": ratio})
         else:  # vtw
             k = split if vtw_k is None else vtw_k
             if not 1 <= k < num_layers:
@@ -117,6 +139,16 @@ def make_methods(
             m.dpvr.resolve(num_layers)  # raises the config's own clear errors now, not mid-benchmark
         methods.append(m)
     return methods
+
+
+def parse_method_name(text: str) -> tuple[str, float | None]:
+    """``"lf+fastv-50"`` -> ``("lf+fastv", 0.5)``; ``"lf"`` -> ``("lf", None)``. Raises ``ValueError``
+    naming the known methods for anything else."""
+    name, _, share = text.partition("-") if text.startswith(("fastv-", "lf+fastv-")) else (text, "", "")
+    if name not in METHODS or (share and not share.isdigit()) or (share and int(share) > 100):
+        raise ValueError(f"unknown method {text!r}: choose from {', '.join(METHODS)} "
+                         "(fastv and lf+fastv also as fastv-NN / lf+fastv-NN, NN = per cent of image tokens kept)")
+    return name, (int(share) / 100 if share else None)
 
 
 # ---------------------------------------------------------------------------------------- schedules
@@ -167,6 +199,10 @@ def schedule(method: Method, is_image: np.ndarray, num_layers: int) -> Schedule:
     text_only = LayerWork(text, text, text)
     if not method.is_peer:
         plan = method.dpvr.resolve(num_layers)
+        if plan.prune_layer is not None:  # FastV composed with routing: the plan's pruned views
+            from dpvr.efficiency.plan import plan_schedule
+
+            return plan_schedule(plan, is_image)
         by_mode = {"full": full, "fuse": full, "text": text_only, "kv": LayerWork(text, every, every)}
         layers = [by_mode[m] for m in plan.modes]
         side = []

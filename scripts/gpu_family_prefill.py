@@ -96,9 +96,10 @@ def main() -> None:
                 else:
                     t = time.perf_counter(); f(); times[name].append(time.perf_counter() - t)
 
-    # analytic LM FLOPs of the same schedule (2·tokens·(4d²+3·d·dff) + attention pairs, per layer)
+    # analytic FLOPs of the same schedule and prompt layout (dpvr bench flops)
     from dpvr.efficiency.flops import ShapeDims, compare
     from dpvr.efficiency.methods import make_methods
+    from dpvr.shapes.layout import prompt_layout
 
     result = {"shape": args.shape, "batch": args.batch, "text_tokens": args.text, "system_tokens": args.system,
               "visual_tokens": n_visual, "sequence": length, "split": split, "dtype": args.dtype,
@@ -110,19 +111,17 @@ def main() -> None:
         result[f"{part}_ratio"] = {"median": med, "q1": q1, "q3": q3,
                                    "vanilla_s": statistics.median(times[f"{part}/vanilla"]),
                                    "lf_s": statistics.median(times[f"{part}/lf"])}
-    try:
-        dims = ShapeDims.from_config(config)
-        rows = compare(dims, make_methods(["lf"], dims.num_layers, split=split), text_tokens=[args.text],
-                       system_tokens=args.system, image_tokens=n_visual)
-        result["analytic"] = rows
-    except Exception as err:  # the FLOPs API differs between versions; the timing stands on its own
-        result["analytic_error"] = f"{type(err).__name__}: {err}"
+    layout = prompt_layout(config, "image", system_tokens=args.system)
+    dims = ShapeDims.from_config(config, layout)
+    rows = compare(dims, make_methods(["lf"], dims.num_layers, split=split), text_tokens=[args.text], layout=layout)
+    result["analytic"] = rows
     text = (f"{args.shape} bs{args.batch} text {args.text} visual {n_visual} split {split} on {result['device']}: "
             f"prefill LF/vanilla whole {result['whole_ratio']['median']:.3f} "
             f"[IQR {result['whole_ratio']['q1']:.3f}-{result['whole_ratio']['q3']:.3f}] "
             f"({result['whole_ratio']['vanilla_s'] * 1e3:.1f} ms vanilla), "
             f"LM only {result['lm_ratio']['median']:.3f} [IQR {result['lm_ratio']['q1']:.3f}-{result['lm_ratio']['q3']:.3f}] "
-            f"({result['lm_ratio']['vanilla_s'] * 1e3:.1f} ms vanilla)")
+            f"({result['lm_ratio']['vanilla_s'] * 1e3:.1f} ms vanilla); analytic LM {rows[1]['prefill_lm_ratio']:.3f}, "
+            f"whole {rows[1]['prefill_whole_ratio']:.3f}")
     print(text)
     if args.out:
         out = Path(args.out)

@@ -150,7 +150,12 @@ class BackboneAdapter:
 
     def all_visual_ids(self) -> list[int]:
         """Every visual placeholder id of the family, routed or not (generation must never emit them)."""
-        return [int(getattr(self.config, a)) for a in self.visual_token_attrs.values() if getattr(self.config, a, None) is not None]
+        return self.visual_ids_of(self.config)
+
+    @classmethod
+    def visual_ids_of(cls, config) -> list[int]:
+        """Every visual placeholder id named by ``config`` (no model needed: works for a peft-wrapped one too)."""
+        return [int(getattr(config, a)) for a in cls.visual_token_attrs.values() if getattr(config, a, None) is not None]
 
     def min_split(self) -> int:
         """The first layer a split may start at (families that inject visual features into early layers raise it)."""

@@ -60,10 +60,10 @@ def model_dtype(model) -> torch.dtype:
 
 def visual_token_ids(model) -> list[int]:
     """Every visual placeholder id of the model's family (generation must never emit them)."""
-    from dpvr.backbones import adapter_for
+    from dpvr.backbones import adapter_class
 
-    base = getattr(model, "base", model)  # a DPVRModel wraps its base
-    return adapter_for(base).suppress_tokens()
+    config = model.config  # a DPVRModel or a peft model share their base's config
+    return adapter_class(config.model_type).visual_ids_of(config)
 
 
 def encode(processor, prompts: list[Prompt], device=None, dtype=None, texts: list[str] | None = None) -> dict:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dpvr.cli.help import hidden_alias
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -62,6 +64,7 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
 
 
 def add_parser(subparsers) -> None:

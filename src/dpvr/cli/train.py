@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from dpvr.cli.help import hidden_alias
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -22,7 +24,8 @@ def add_parser(sub) -> None:
             "with warmup, one epoch by default. Only the side branch trains (--method dpvr). Defaults: the embedded "
             "tiny LLaVA and its generated training set. Runs under `accelerate launch` for several processes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=("Progress: one bar with step/total, loss and time left; --quiet hides it. With --save-steps, "
+                "Ctrl-C and rerunning with --resume latest continues from the last checkpoint."),
     )
     p.add_argument("--out", required=True, help="output folder (adapter, loss curve, arguments, result)")
     p.add_argument("--model", help="LLaVA model folder with its processor (default: the embedded tiny LLaVA)")
@@ -52,7 +55,8 @@ def add_parser(sub) -> None:
     p.add_argument("--save-steps", type=int, help="write a resumable checkpoint every N steps")
     p.add_argument("--resume", help="resume from a checkpoint folder, or 'latest' in --out/checkpoints")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (missing image, too long, ...) and count them")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -67,7 +71,7 @@ def run(args) -> int:
         warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing, max_samples=args.max_samples, eval_data=args.eval_data,
         eval_samples=args.eval_samples, logging_steps=args.logging_steps, save_steps=args.save_steps,
-        resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress,
+        resume=args.resume, skip_bad=args.skip_bad, progress=not args.quiet,
     )
     summary = train(targs)
     keys = ("method", "variant", "trainable_parameters", "global_steps", "eval_loss_before", "eval_loss_after",

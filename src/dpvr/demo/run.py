@@ -38,6 +38,7 @@ class DemoSettings:
     families: list[str] | None = None  # benchmark families (None: all)
     latency_repeats: int = 5
     fastv_k: int = 2
+    progress: bool = True  # progress bars (dpvr demo --quiet: False)
 
     @classmethod
     def for_mode(cls, quick: bool, **kw) -> "DemoSettings":
@@ -98,7 +99,7 @@ def _analyze(model: str, data: str, folder: Path, s: DemoSettings) -> dict:
     from dpvr.analysis.saturate import run_analysis
 
     result, paths = run_analysis(model, data, str(Path(data).parent), folder, num_samples=s.analysis_samples,
-                                 seed=s.seed, progress=not s.quick)
+                                 seed=s.seed, progress=s.progress)
     return {"suggested_split": result.suggested_split, "explanation": result.explanation,
             "json": str(paths.get("json", folder / "saturation.json")),
             "png": str(paths.get("png", folder / "saturation.png"))}
@@ -112,7 +113,7 @@ def _train(name: str, model: str, data: str, split: int, folder: Path, s: DemoSe
     else:
         kw = dict(method="dpvr", variant=name, split=split)
     args = TrainArgs(out=str(folder), model=model, data=data, seed=s.seed, max_steps=s.train_steps,
-                     batch_size=s.batch_size, logging_steps=max(1, s.train_steps // 50), progress=not s.quick,
+                     batch_size=s.batch_size, logging_steps=max(1, s.train_steps // 50), progress=s.progress,
                      eval_samples=16 if s.quick else 64, **kw)
     summary = train(args)
     return {"summary": summary, "adapter": str(folder / "adapter"), "loss_png": str(folder / "loss.png"),
@@ -143,7 +144,7 @@ def _evaluate(methods: list[str], model: str, bench: str, folder: Path, s: DemoS
     from dpvr.evaluation import EvalSettings, run_eval
 
     settings = EvalSettings(benchmark=bench, families=s.families, limit=s.eval_limit, batch_size=32,
-                            max_new_tokens=8, seed=s.seed, progress=not s.quick)
+                            max_new_tokens=8, seed=s.seed, progress=s.progress)
     main = run_eval(methods, folder / "methods", model=model, settings=settings)
     blind = run_eval(["vanilla"], folder / "blind", model=model,
                      settings=EvalSettings(**(asdict(settings) | {"blind": "only"})))
@@ -162,7 +163,7 @@ def _efficiency(model: str, split: int, folder: Path, s: DemoSettings) -> dict:
     big = analytic_table(load_shape_config("llava-1.5-7b"), 18, s.fastv_k, system_tokens=35, text_tokens=128)
     latency = measure_latency(cfg, ["lf", "pc", "kv", "ideal"], LatencySettings(
         text_tokens=[24], batch_sizes=[1] if s.quick else [1, 8], new_tokens=8, repeats=s.latency_repeats, warmup=1, threads=2,
-        split=split, system_tokens=3, measure_memory=False), progress=not s.quick)
+        split=split, system_tokens=3, measure_memory=False), progress=s.progress)
     return {"analytic_model": tiny, "analytic_7b": big, "latency": latency}
 
 

@@ -189,6 +189,7 @@ def run_flops(args: argparse.Namespace) -> int:
 
 def run_latency(args: argparse.Namespace) -> int:
     from dpvr.efficiency.latency import LatencySettings, format_latency_table, measure_latency
+    from dpvr.efficiency.noise import assess
     from dpvr.efficiency.plots import plot_latency
 
     device, dtype = _device_and_dtype(args)
@@ -205,6 +206,10 @@ def run_latency(args: argparse.Namespace) -> int:
     print(format_latency_table(report))
     print("ratios are paired medians against vanilla from the same rounds; 'analytic' is the whole-model ratio; "
           "'share' = measured prefill saving / analytic saving.")
+    report["noise"] = assess(report)
+    if report["noise"]["noisy"]:
+        print("WARNING: latency ratios too noisy to read: " + "; ".join(report["noise"]["reasons"])
+              + ". Rerun on an idle machine (or with --clock process --threads 1 on a shared one).")
     for path in _write(args.out, "latency", report, plot_latency, args.no_plot):
         print(f"wrote {path}")
     return 0

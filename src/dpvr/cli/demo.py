@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
                    help="benchmark families to evaluate, space- or comma-separated (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed for training and evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--inject-load", type=int, default=0, metavar="N",
+                   help="run N busy threads during the latency measurement, to check that the report flags noisy "
+                        "latency ratios (the efficiency stage is redone; the other stages are reused)")
     hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -43,6 +46,8 @@ def run(args) -> int:
     from dpvr.demo import DemoSettings, run_demo
     from dpvr.demo.stages import StageError
 
+    if args.inject_load < 0:
+        raise UserError(f"--inject-load must be >= 0, got {args.inject_load}")
     for name in ("train_steps", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -50,7 +55,7 @@ def run(args) -> int:
     overrides = {k: v for k, v in {"train_steps": args.train_steps, "eval_limit": args.limit}.items() if v is not None}
     settings = DemoSettings.for_mode(args.quick, out=args.out, model=args.model, data=args.data,
                                      benchmark=args.benchmark, seed=args.seed, families=args.families,
-                                     progress=not args.quiet, **overrides)
+                                     progress=not args.quiet, inject_load=args.inject_load, **overrides)
     try:
         report = run_demo(settings)
     except StageError as err:

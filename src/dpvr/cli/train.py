@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from dpvr.cli.help import hidden_alias
 
@@ -73,7 +74,13 @@ def run(args) -> int:
         eval_samples=args.eval_samples, logging_steps=args.logging_steps, save_steps=args.save_steps,
         resume=args.resume, skip_bad=args.skip_bad, progress=not args.quiet,
     )
-    summary = train(targs)
+    try:
+        summary = train(targs)
+    except KeyboardInterrupt:
+        hint = ("rerun with --resume latest to continue from the last checkpoint" if args.save_steps else
+                "nothing was saved mid-run (add --save-steps N to make a run resumable); rerun the same command")
+        print(f"\ndpvr train: interrupted; {hint}", file=sys.stderr)
+        return 130
     keys = ("method", "variant", "trainable_parameters", "global_steps", "eval_loss_before", "eval_loss_after",
             "wall_seconds", "steps_per_second")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))

@@ -62,6 +62,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dpvr.progress import hf_bars
     from dpvr.train import TrainArgs, train
 
     targs = TrainArgs(
@@ -75,7 +76,8 @@ def run(args) -> int:
         resume=args.resume, skip_bad=args.skip_bad, progress=not args.quiet,
     )
     try:
-        summary = train(targs)
+        with hf_bars(not args.quiet):  # --quiet also hides transformers' weight-loading bar
+            summary = train(targs)
     except KeyboardInterrupt:
         hint = ("rerun with --resume latest to continue from the last checkpoint" if args.save_steps else
                 "nothing was saved mid-run (add --save-steps N to make a run resumable); rerun the same command")

@@ -83,7 +83,9 @@ def test_rerun_reuses_finished_stages(demo):
     settings, _ = demo
     messages = []
     run_demo(settings, log=messages.append)
-    assert messages and all("reusing" in m for m in messages), messages
+    stages = [m for m in messages if m.startswith("[")]
+    assert len(stages) == 7 and all("reusing" in m for m in stages), messages
+    assert messages[0].startswith("dpvr demo: 7 stages")  # the plan with its estimates comes first
 
 
 def test_failing_stage_names_itself(tmp_path):
@@ -139,3 +141,29 @@ def test_browser_check_catches_a_broken_page(tmp_path):
     assert any("undefinedFunction" in e for e in res.errors)
     assert res.external_requests == ["http://example.invalid/x.png"]
     assert len(res.broken_images) == 2
+
+
+def test_report_marks_smoke_tests_noisy_latency_and_stage_times(demo):
+    import copy
+    from pathlib import Path
+
+    from dpvr.demo.report import render_html
+
+    settings, report = demo
+    html = (Path(settings.out) / "report.html").read_text()
+    assert 'id="smoke-test"' in html and "2 questions per benchmark family" in html  # --quick, eval_limit=2
+    assert report["sample"] == {**report["sample"], "smoke_test": True, "questions_per_family": 2,
+                                "accuracy_step_points": 50.0}
+    assert set(report["timings"]["stages"]) == {"analyze", "train lf", "train pc", "train kv", "train lora16",
+                                                "evaluate", "efficiency"}
+    assert all(t["seconds"] > 0 for t in report["timings"]["stages"].values())
+    for r in report["latency"]["results"]:  # every measured ratio comes with its spread
+        assert len(r["ratios"]["prefill_p25_p75"]) == 2
+    noisy = copy.deepcopy(report)
+    noisy["latency"]["noise"] = {"noisy": True, "reasons": ["3 ratio(s) vary by more than 20% between rounds"]}
+    assert 'id="noisy-latency"' in render_html(noisy, Path(settings.out))
+    quiet = copy.deepcopy(report)
+    quiet["latency"]["noise"] = {"noisy": False, "reasons": []}
+    quiet["sample"]["smoke_test"] = False
+    page = render_html(quiet, Path(settings.out))
+    assert 'id="noisy-latency"' not in page and 'id="smoke-test"' not in page

@@ -35,6 +35,23 @@ def _mark(ax, transition: dict | None, color: str, label: str):
         ax.axvline(transition["layer"], color=color, ls=":", lw=1.3, label=f"{label} (layer {transition['layer']})")
 
 
+def model_name(model) -> str:
+    """A model as a title names it: no machine paths (the embedded default by name, a folder by its last part)."""
+    if not model:
+        return ""
+    text = str(model)
+    try:
+        from dpvr import embedded
+
+        if Path(text).resolve() == embedded.PATH.resolve():
+            return "the embedded tiny LLaVA"
+    except (ImportError, OSError):  # pragma: no cover
+        pass
+    if Path(text).is_absolute() or Path(text).exists():
+        return Path(text).name
+    return text  # a hub id (org/name)
+
+
 def plot_saturation(data: dict, path: str | Path) -> Path:
     """Draw ``saturation.json``'s content into a PNG at ``path`` (written atomically)."""
     import matplotlib
@@ -86,7 +103,7 @@ def plot_saturation(data: dict, path: str | Path) -> Path:
         positive = [v for v in st["kl_image"]["mean"] + st["kl_text"]["mean"] if v is not None and v > 0]
         axes[2].set_yscale("symlog", linthresh=min(positive))
         axes[2].set_ylim(bottom=0)
-    model = data.get("settings", {}).get("model", "")
+    model = model_name(data.get("settings", {}).get("model", ""))
     n = data.get("samples", {}).get("used", "?")
     fig.suptitle(f"Saturation analysis{' of ' + str(model) if model else ''}: {n} samples, {N} layers, "
                  f"suggested split s={split}", fontsize=11)

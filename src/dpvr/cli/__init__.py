@@ -2,6 +2,11 @@
 
 Each subcommand lives in ``dpvr/cli/<name>.py`` and exposes ``add_parser(subparsers)``, which
 registers its parser and sets ``func`` to a callable taking the parsed ``argparse.Namespace``.
+Parsers import nothing heavy: torch and transformers are imported inside ``func``, so ``--help``
+answers at once (``tests/test_cli_help.py``). Help texts are formatted by `dpvr.cli.help`.
+
+Ctrl-C anywhere prints one line and exits with status 130; every long stage writes its outputs
+atomically, so rerunning the same command continues from what was finished.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from dpvr.cli import help as help_format
 
 # Order is the order shown in ``dpvr --help``.
 SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep"]
@@ -31,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"dpvr.cli.{name}").add_parser(sub)
+    help_format.apply(parser)
     return parser
 
 
@@ -42,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
+    except KeyboardInterrupt:
+        print(f"\ndpvr {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
     except (UserError, FileNotFoundError, ValueError) as err:
         # Library code raises ValueError/FileNotFoundError with user-facing messages.
         if os.environ.get("DPVR_DEBUG"):

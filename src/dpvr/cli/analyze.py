@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from dpvr.cli.help import hidden_alias
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -42,6 +44,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-plot", action="store_true", help="write only saturation.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dpvr.cli.help import hidden_alias
 from dpvr.config import DPVR_VARIANTS
-
 
 FLOPS_METHODS = "lf,pc,kv,ideal,fastv,vtw,lf+fastv"
 
@@ -74,6 +74,7 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
 
 
 def add_parser(subparsers) -> None:
@@ -228,6 +229,7 @@ def _run_flops_all(args: argparse.Namespace) -> int:
 
 def run_latency(args: argparse.Namespace) -> int:
     from dpvr.efficiency.latency import LatencySettings, format_latency_table, measure_latency
+    from dpvr.efficiency.noise import assess
     from dpvr.efficiency.plots import plot_latency
 
     device, dtype = _device_and_dtype(args)
@@ -244,6 +246,10 @@ def run_latency(args: argparse.Namespace) -> int:
     print(format_latency_table(report))
     print("ratios are paired medians against vanilla from the same rounds; 'analytic' is the whole-model ratio; "
           "'share' = measured prefill saving / analytic saving.")
+    report["noise"] = assess(report)
+    if report["noise"]["noisy"]:
+        print("WARNING: latency ratios too noisy to read: " + "; ".join(report["noise"]["reasons"])
+              + ". Rerun on an idle machine (or with --clock process --threads 1 on a shared one).")
     for path in _write(args.out, "latency", report, plot_latency, args.no_plot):
         print(f"wrote {path}")
     return 0

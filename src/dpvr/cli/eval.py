@@ -5,7 +5,8 @@
               --method vtw:k=4 --batch-size 32 --limit 100 --circular --out runs/eval
 
 Writes ``results.json``, ``results.md`` and ``predictions/<method>.jsonl`` to ``--out`` once every
-method has run, and prints the table. A thin layer over :func:`dpvr.evaluation.run_eval`.
+method has run, and prints the table. A thin layer over :func:`dpvr.evaluation.run_eval`. Progress:
+one bar per method (questions/total); --quiet hides it.
 
 method specs (--method, repeatable; [] = optional):
   [LABEL=]vanilla                       the base model unchanged (alias: base)
@@ -29,6 +30,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dpvr.cli.help import ListAction, hidden_alias
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -39,12 +42,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="base LLaVA model folder or hub id (default: the embedded tiny LLaVA)")
     p.add_argument("--benchmark", default=None,
                    help="folder with <family>.jsonl files and their images (default: the embedded benchmark)")
-    p.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
-                   help="families to evaluate (default: every <family>.jsonl in --benchmark)")
+    p.add_argument("--families", action=ListAction, default=None, metavar="FAMILY",
+                   help="families to evaluate, space- or comma-separated (default: every <family>.jsonl in "
+                        "--benchmark)")
     p.add_argument("--out", required=True, help="output folder (results.json, results.md, predictions/)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N records of each family")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding budget per answer (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--limit", type=int, default=None,
+                   help="questions per benchmark family: the first N records of each (default: all)")
+    hidden_alias(p, "--eval-limit", "limit", type=int)
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding budget per answer")
     p.add_argument("--blind", nargs="?", const="also", default="off", choices=["off", "also", "only"],
                    help="replace every image with a blank one: --blind adds a '<label> [blind]' row per method, "
                    "--blind only evaluates blank images only")
@@ -56,6 +62,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
 
 

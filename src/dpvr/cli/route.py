@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 
@@ -16,7 +15,6 @@ def add_parser(sub) -> None:
             "and how many positions the deep layers process. The model is a small random-weight LLaVA built "
             "on the spot (no download)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--split", type=int, help="split layer s (default: half the layers)")
     p.add_argument("--variants", default="vanilla,lf,pc,kv,ideal", help="comma-separated variants to compare")

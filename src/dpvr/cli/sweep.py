@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dpvr.cli.help import ListAction, hidden_alias
 from dpvr.config import DPVR_VARIANTS
 
 
@@ -40,7 +41,6 @@ def add_parser(sub) -> None:
             "Grid axes: split=4,5,6  num_fusion_layers=1,2  side_depth=1,2  lr=1e-3,2e-3  "
             "fusion_layers=[s+2,N-1];[N-2,N-1]  (s = the point's split, N = layers; semicolons between lists)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--grid", nargs="+", required=True, metavar="AXIS=VALUES", help="grid axes (see below)")
     p.add_argument("--variants", default="lf", help="comma-separated DPVR variants (lf, pc, kv, ideal)")
@@ -50,19 +50,23 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="training data (default: the embedded train.json)")
     p.add_argument("--image-folder", help="image folder of --data (default: its folder)")
     p.add_argument("--benchmark", help="benchmark folder (default: the embedded benchmark)")
-    p.add_argument("--families", help="comma-separated benchmark families (default: all)")
-    p.add_argument("--eval-limit", type=int, default=50, help="questions per family per point")
+    p.add_argument("--families", action=ListAction, metavar="FAMILY",
+                   help="benchmark families, space- or comma-separated (default: all)")
+    p.add_argument("--limit", type=int, default=50, help="questions per benchmark family per point")
+    hidden_alias(p, "--eval-limit", "limit", type=int)
     p.add_argument("--split", type=int, help="split when the grid has no split axis")
     p.add_argument("--max-steps", type=int, default=200, help="training steps per point")
     p.add_argument("--batch-size", type=int, default=8, help="training batch size")
     p.add_argument("--lr", type=float, help="learning rate when the grid has no lr axis (default: the variant's)")
     p.add_argument("--max-samples", type=int, help="train on at most this many records")
     p.add_argument("--analysis", help="saturation.json of `dpvr analyze`, to mark the suggested split on the plot")
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="run only every N-th point starting at I (I/N)")
+    p.add_argument("--shard", type=_shard, default=(0, 1),
+                   help="run only every N-th point starting at I, as I/N (default: 0/1, every point)")
     p.add_argument("--no-reference", action="store_true",
                    help="skip evaluating the untrained base model (the 'vanilla' line of the table and plots; "
                         "computed once per output folder and reused)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -78,12 +82,11 @@ def run(args) -> int:
     points = expand_grid(grid, variants, args.seeds)
     settings = SweepSettings(
         out=args.out, model=args.model, data=args.data, image_folder=args.image_folder, benchmark=args.benchmark,
-        families=[f.strip() for f in args.families.split(",")] if args.families else None,
-        eval_limit=args.eval_limit, split=args.split, max_steps=args.max_steps, batch_size=args.batch_size,
+        families=args.families, eval_limit=args.limit, split=args.split, max_steps=args.max_steps, batch_size=args.batch_size,
         lr=args.lr, max_samples=args.max_samples, shard=args.shard,
     )
     print(f"dpvr sweep: {len(points)} runs ({len(points) // len(args.seeds)} points x {len(args.seeds)} seeds)")
-    records = run_sweep(points, settings, progress=not args.no_progress)
+    records = run_sweep(points, settings, progress=not args.quiet)
     suggested = None
     if args.analysis:
         suggested = json.loads(Path(args.analysis).read_text()).get("suggested_split")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from dpvr.cli.help import hidden_alias
 
 from dpvr.config import DPVR_VARIANTS
 
@@ -24,7 +27,8 @@ def add_parser(sub) -> None:
             "with warmup, one epoch by default. Only the side branch trains (--method dpvr). Defaults: the embedded "
             "tiny LLaVA and its generated training set. Runs under `accelerate launch` for several processes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=("Progress: one bar with step/total, loss and time left; --quiet hides it. With --save-steps, "
+                "Ctrl-C and rerunning with --resume latest continues from the last checkpoint."),
     )
     p.add_argument("--out", required=True, help="output folder (adapter, loss curve, arguments, result)")
     p.add_argument("--model", help="LLaVA model folder with its processor (default: the embedded tiny LLaVA)")
@@ -54,11 +58,13 @@ def add_parser(sub) -> None:
     p.add_argument("--save-steps", type=int, help="write a resumable checkpoint every N steps")
     p.add_argument("--resume", help="resume from a checkpoint folder, or 'latest' in --out/checkpoints")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (missing image, too long, ...) and count them")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from dpvr.progress import hf_bars
     from dpvr.train import TrainArgs, train
 
     targs = TrainArgs(
@@ -69,9 +75,16 @@ def run(args) -> int:
         warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing, max_samples=args.max_samples, eval_data=args.eval_data,
         eval_samples=args.eval_samples, logging_steps=args.logging_steps, save_steps=args.save_steps,
-        resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress,
+        resume=args.resume, skip_bad=args.skip_bad, progress=not args.quiet,
     )
-    summary = train(targs)
+    try:
+        with hf_bars(not args.quiet):  # --quiet also hides transformers' weight-loading bar
+            summary = train(targs)
+    except KeyboardInterrupt:
+        hint = ("rerun with --resume latest to continue from the last checkpoint" if args.save_steps else
+                "nothing was saved mid-run (add --save-steps N to make a run resumable); rerun the same command")
+        print(f"\ndpvr train: interrupted; {hint}", file=sys.stderr)
+        return 130
     keys = ("method", "variant", "trainable_parameters", "global_steps", "eval_loss_before", "eval_loss_after",
             "wall_seconds", "steps_per_second")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))

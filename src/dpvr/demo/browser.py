@@ -54,8 +54,11 @@ class PageCheck:
 
 
 def check_report(path: str | os.PathLike, screenshot: str | os.PathLike | None = None, width: int = 1200,
-                 chromium: str | None = None) -> PageCheck:
-    """Load ``path`` in headless Chromium and report what went wrong (see :class:`PageCheck`)."""
+                 chromium: str | None = None, height: int | None = None) -> PageCheck:
+    """Load ``path`` in headless Chromium and report what went wrong (see :class:`PageCheck`).
+
+    The screenshot is the whole page, or its top ``height`` pixels when ``height`` is given.
+    """
     from playwright.sync_api import sync_playwright
 
     path = Path(path).resolve()
@@ -89,7 +92,11 @@ def check_report(path: str | os.PathLike, screenshot: str | os.PathLike | None =
             if screenshot is not None:
                 Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(screenshot).with_suffix(".tmp.png")
-                page.screenshot(path=str(tmp), full_page=True)
+                if height:
+                    page.screenshot(path=str(tmp), full_page=True,
+                                    clip={"x": 0, "y": 0, "width": width, "height": height})
+                else:
+                    page.screenshot(path=str(tmp), full_page=True)
                 os.replace(tmp, screenshot)
         finally:
             browser.close()
@@ -104,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("report", help="path of the report.html written by `dpvr demo`")
     ap.add_argument("--screenshot", default=None, help="write a full-page PNG screenshot here")
     ap.add_argument("--width", type=int, default=1200, help="viewport width in pixels (default 1200)")
+    ap.add_argument("--height", type=int, default=None,
+                    help="screenshot only the top HEIGHT pixels of the page (default: the whole page)")
     args = ap.parse_args(argv)
     try:
-        res = check_report(args.report, args.screenshot, args.width)
+        res = check_report(args.report, args.screenshot, args.width, height=args.height)
     except (FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

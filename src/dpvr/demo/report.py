@@ -12,10 +12,11 @@ import html
 import json
 from pathlib import Path
 
+from dpvr.efficiency.noise import assess
 from dpvr.io import write_json_atomic, write_text_atomic
 
 BLIND = " [blind]"  # label suffix of a run with blank images
-SECTIONS = ("overview", "saturation", "training", "results", "scatter", "efficiency", "reproduce")
+SECTIONS = ("overview", "saturation", "training", "results", "scatter", "efficiency", "timings", "reproduce")
 
 
 def _methods_table(evaluation: dict, efficiency: dict) -> list[dict]:
@@ -23,11 +24,12 @@ def _methods_table(evaluation: dict, efficiency: dict) -> list[dict]:
     main = evaluation["methods"]
     flops = {r["method"]: r for r in efficiency["analytic_model"]["rows"]}
     flops_7b = {r["method"]: r for r in efficiency["analytic_7b"]["rows"]}
-    latency = {}
+    latency, spread = {}, {}
     for r in efficiency["latency"].get("results", []):
         if r.get("batch") == 1:
             name = r.get("method") or r.get("label")
             latency[name] = r.get("ratios", {}).get("prefill")
+            spread[name] = r.get("ratios", {}).get("prefill_p25_p75")
     families = main["settings"]["families"]
     rows = []
     blind = {(k if k.endswith(BLIND) else k + BLIND): v for k, v in evaluation["blind"]["methods"].items()}
@@ -41,6 +43,7 @@ def _methods_table(evaluation: dict, efficiency: dict) -> list[dict]:
             "flops_saving": f.get("lm_saving"),
             "flops_saving_7b": flops_7b.get(key, {}).get("lm_saving"),
             "prefill_latency_ratio": latency.get(key),
+            "prefill_latency_p25_p75": spread.get(key),
         })
     return rows
 
@@ -60,9 +63,26 @@ def build_report(context: dict, analysis: dict, training: dict, evaluation: dict
         "analytic_model": efficiency["analytic_model"],
         "analytic_7b": efficiency["analytic_7b"],
         "latency": {"machine": efficiency["latency"].get("machine"), "timing_method": efficiency["latency"].get("timing_method"),
+                    "repeats": efficiency["latency"].get("settings", {}).get("repeats"),
+                    "warmup": efficiency["latency"].get("settings", {}).get("warmup"),
+                    "load": efficiency["latency"].get("load"),
+                    "noise": assess(efficiency["latency"]),
                     "results": [{k: r.get(k) for k in ("label", "batch", "text_tokens", "ratios", "analytic")}
                                 for r in efficiency["latency"].get("results", [])]},
+        "sample": _sample(context, evaluation),
+        "timings": context.get("timings"),
     }
+
+
+def _sample(context: dict, evaluation: dict) -> dict:
+    """How much data stands behind the numbers; ``smoke_test`` for --quick (not results to quote)."""
+    settings = context.get("settings", {})
+    per_family = evaluation["methods"]["settings"].get("num_records") or {}
+    n = min(per_family.values()) if per_family else settings.get("eval_limit")
+    return {"smoke_test": bool(settings.get("quick")), "questions_per_family": n,
+            "accuracy_step_points": round(100 / n, 1) if n else None,
+            "train_steps": settings.get("train_steps"), "analysis_samples": settings.get("analysis_samples"),
+            "latency_rounds": settings.get("latency_repeats")}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -74,6 +94,35 @@ def _fmt(v, pct: bool = False, digits: int = 1) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return html.escape(str(v))
+
+
+def _ratio(v, quartiles, digits: int = 2) -> str:
+    """A measured ratio with its interquartile range over the timed rounds: ``1.13 (1.10–1.20)``."""
+    if v is None:
+        return "–"
+    if not quartiles or None in quartiles:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} <small>({quartiles[0]:.{digits}f}–{quartiles[1]:.{digits}f})</small>"
+
+
+def _banners(report: dict) -> str:
+    """The smoke-test note (--quick) and the noisy-latency warning, shown at the top of the report."""
+    out = []
+    sample = report.get("sample") or {}
+    if sample.get("smoke_test"):
+        out.append(
+            '<div class="smoke" id="smoke-test"><b>Smoke-test numbers (dpvr demo --quick), not results.</b> '
+            f"{sample.get('questions_per_family')} questions per benchmark family (accuracy moves in steps of "
+            f"{_fmt(sample.get('accuracy_step_points'))} points), {sample.get('train_steps')} training steps per "
+            f"method, {sample.get('analysis_samples')} analysis samples, {sample.get('latency_rounds')} timed latency "
+            "rounds. Run <code>dpvr demo</code> without --quick for numbers to read.</div>")
+    noise = (report.get("latency") or {}).get("noise") or {}
+    if noise.get("noisy"):
+        out.append('<div class="warn" id="noisy-latency"><b>&#9888; Latency ratios too noisy to read.</b> '
+                   + " ".join(html.escape(r) + "." for r in noise.get("reasons", []))
+                   + " Rerun on an idle machine (<code>dpvr demo</code> reuses every other stage: delete "
+                     "OUT/efficiency first) before quoting any latency figure.</div>")
+    return "".join(out)
 
 
 def _img(path: str | Path, alt: str) -> str:
@@ -101,20 +150,46 @@ def scatter_png(report: dict, path: Path) -> Path:
 
     from dpvr.efficiency.report import save_figure_atomic
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in report["methods"]:
-        if r["flops_saving"] is None or r["method"].endswith(BLIND):
-            continue
-        ax.scatter(100 * r["flops_saving"], r["overall"], s=30)
-        ax.annotate(r["method"], (100 * r["flops_saving"], r["overall"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    markers = "osD^v<>PXh*"
+    points = [r for r in report["methods"] if r["flops_saving"] is not None and not r["method"].endswith(BLIND)]
+    for i, r in enumerate(points):  # one marker and colour per method, named in the legend: labels cannot collide
+        ax.scatter(100 * r["flops_saving"], r["overall"], s=36, marker=markers[i % len(markers)], color=f"C{i % 10}",
+                   label=r["method"], alpha=0.85, edgecolors="black", linewidths=0.4)
     ax.set_xlabel("analytic LM prefill FLOPs saving at this shape (%)")
     ax.set_ylabel("overall accuracy (%)")
+    ax.ticklabel_format(useOffset=False)
     ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if (report.get("sample") or {}).get("smoke_test"):
+        ax.set_title(f"smoke test: {report['sample'].get('questions_per_family')} questions per family", fontsize=9)
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _rounds_note(latency: dict) -> str:
+    load = (latency.get("load") or {}).get("before")
+    text = (f"{latency.get('warmup')} warm-up and {latency.get('repeats')} timed rounds, every method once per round "
+            "in rotating order; ratios are medians of the per-round ratios to vanilla.")
+    if load:
+        text += f" Load average when it started: {load[0]:.1f} on {(latency.get('machine') or {}).get('cpu_count')} CPUs."
+    return html.escape(text)
+
+
+def _timings_table(timings: dict | None) -> str:
+    if not timings:
+        return "<p><em>no stage times recorded</em></p>"
+    from dpvr.demo.timing import duration
+
+    est = timings.get("estimated_seconds") or {}
+    rows = [[html.escape(name), duration(t["seconds"]) if t.get("seconds") is not None else "–",
+             "reused from an earlier run" if t.get("reused") else "this run", duration(est[name]) if name in est else "–"]
+            for name, t in (timings.get("stages") or {}).items()]
+    return (_table(["stage", "measured", "when", "estimate before the run"], rows)
+            + f"<p>This run: {duration(timings.get('this_run_seconds') or 0)} in all. Estimates from stage times "
+              f"measured on {html.escape(str(timings.get('estimates_measured_on')))}.</p>")
 
 
 def render_html(report: dict, out: Path) -> str:
@@ -128,13 +203,17 @@ def render_html(report: dict, out: Path) -> str:
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
         "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
         "img{max-width:100%}code,pre{background:#f6f6f6;padding:2px 4px}pre{padding:8px;white-space:pre-wrap}"
-        "section{margin-bottom:2em}</style></head><body>",
+        "section{margin-bottom:2em}.warn{background:#fff3cd;border:2px solid #c77c02;padding:8px 12px;margin:1em 0}"
+        ".smoke{background:#e8f0fe;border:2px solid #3367d6;padding:8px 12px;margin:1em 0}"
+        "small{color:#666}</style></head><body>",
         f"<h1>{html.escape(report['title'])}</h1>",
+        _banners(report),
         '<section id="overview"><h2>Overview</h2>'
         f"<p>Split chosen by the saturation analysis: <b>s = {report['context']['split']}</b>. "
         "Methods trained on the same data with the same seed; accuracy is exact match on the held-out "
         "generated benchmark (greedy decoding); FLOPs savings are analytic (LM prefill); latency ratios are "
-        "measured against vanilla in the same run.</p></section>",
+        "measured against vanilla in interleaved, warmed-up rounds of the same run (median, with the "
+        "interquartile range over the rounds in brackets).</p></section>",
         '<section id="saturation"><h2>Saturation analysis</h2>'
         f"<p>{html.escape(report['analysis'].get('explanation', ''))}</p>"
         + _img(report["analysis"]["png"], "saturation curves") + "</section>",
@@ -150,7 +229,8 @@ def render_html(report: dict, out: Path) -> str:
                                                   "prefill latency / vanilla"],
                  [[html.escape(r["method"]), _fmt(r["overall"])] + [_fmt(r.get(f)) for f in fams]
                   + [_fmt(r["flops_saving"], pct=True), _fmt(r["flops_saving_7b"], pct=True),
-                     _fmt(r["prefill_latency_ratio"], digits=3)] for r in report["methods"]], "results")
+                     _ratio(r["prefill_latency_ratio"], r.get("prefill_latency_p25_p75"))]
+                  for r in report["methods"]], "results")
         + "<p>Chance: " + ", ".join(f"{html.escape(f)} {_fmt(c)}" for f, c in report["chance"].items()) + ".</p></section>",
         '<section id="scatter"><h2>Accuracy vs FLOPs</h2>' + _img(out / "accuracy_vs_flops.png", "accuracy vs FLOPs") + "</section>",
         '<section id="efficiency"><h2>Efficiency</h2>'
@@ -162,11 +242,16 @@ def render_html(report: dict, out: Path) -> str:
                        _fmt(r["whole_saving"], pct=True), _fmt(r["kv_cache_ratio"], digits=3)] for r in t["rows"]])
             for t in (report["analytic_model"], report["analytic_7b"]))
         + f"<h3>Measured at this shape ({html.escape(str(report['latency'].get('timing_method')))})</h3>"
-        + _table(["method", "batch", "text tokens", "prefill / vanilla", "decode / vanilla", "analytic prefill"],
-                 [[html.escape(str(r["label"])), str(r["batch"]), str(r["text_tokens"]), _fmt((r["ratios"] or {}).get("prefill"), digits=3),
-                   _fmt((r["ratios"] or {}).get("decode"), digits=3), _fmt((r["analytic"] or {}).get("prefill_whole_ratio"), digits=3)]
+        + f"<p>{_rounds_note(report['latency'])}</p>"
+        + _banners({"latency": report["latency"]})
+        + _table(["method", "batch", "text tokens", "prefill / vanilla (IQR)", "decode / vanilla (IQR)", "analytic prefill"],
+                 [[html.escape(str(r["label"])), str(r["batch"]), str(r["text_tokens"]),
+                   _ratio((r["ratios"] or {}).get("prefill"), (r["ratios"] or {}).get("prefill_p25_p75")),
+                   _ratio((r["ratios"] or {}).get("decode"), (r["ratios"] or {}).get("decode_p25_p75")),
+                   _fmt((r["analytic"] or {}).get("prefill_whole_ratio"), digits=3)]
                   for r in report["latency"]["results"]])
         + "</section>",
+        '<section id="timings"><h2>Stage times</h2>' + _timings_table(report.get("timings")) + "</section>",
         '<section id="reproduce"><h2>Reproduce</h2>'
         f"<pre>{html.escape(ctx['command'])}</pre>"
         f"<pre>{html.escape(json.dumps(ctx['settings'], indent=2))}</pre>"

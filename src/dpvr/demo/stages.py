@@ -26,8 +26,13 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_stage(name: str, folder: Path, settings: dict, fn: Callable[[], dict], log: Callable[[str], None] = print) -> dict:
-    """Run ``fn`` (returning the stage's JSON-able result) unless ``folder`` already holds it for ``settings``."""
+def run_stage(name: str, folder: Path, settings: dict, fn: Callable[[], dict], log: Callable[[str], None] = print,
+              timings: dict | None = None) -> dict:
+    """Run ``fn`` (returning the stage's JSON-able result) unless ``folder`` already holds it for ``settings``.
+
+    ``timings`` (if given) receives ``{name: {"seconds", "reused"}}``: the measured time of the stage,
+    this run's or, when reused, the run's that made it.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / STAGE_FILE
     digest = settings_hash(settings)
@@ -35,6 +40,8 @@ def run_stage(name: str, folder: Path, settings: dict, fn: Callable[[], dict], l
         done = json.loads(marker.read_text())
         if done.get("settings_hash") == digest:
             log(f"[{name}] done before with the same settings: reusing {folder}")
+            if timings is not None:
+                timings[name] = {"seconds": done.get("seconds"), "reused": True}
             return done["result"]
         log(f"[{name}] settings changed since the last run: redoing it")
     log(f"[{name}] running ...")
@@ -46,5 +53,7 @@ def run_stage(name: str, folder: Path, settings: dict, fn: Callable[[], dict], l
     seconds = time.perf_counter() - start
     write_json_atomic(marker, {"stage": name, "settings": settings, "settings_hash": digest, "seconds": seconds,
                                "result": result})
+    if timings is not None:
+        timings[name] = {"seconds": seconds, "reused": False}
     log(f"[{name}] finished in {seconds:.0f} s")
     return result

@@ -89,7 +89,7 @@ def encode(processor, prompts: list[Prompt], device=None, dtype=None, texts: lis
 
 @torch.no_grad()
 def generate(model, processor, prompts: list[Prompt], max_new_tokens: int = 16, **overrides) -> list[str]:
-    """Greedy answers (special tokens stripped) for one batch of prompts.
+    """Greedy answers (special tokens and surrounding whitespace stripped) for one batch of prompts.
 
     ``overrides`` go to ``generate`` as they are (e.g. ``do_sample=True, temperature=0.7`` for a task
     that asks for sampling); by default decoding is greedy.
@@ -104,7 +104,9 @@ def generate(model, processor, prompts: list[Prompt], max_new_tokens: int = 16, 
     kwargs.update(overrides)
     kwargs["suppress_tokens"] = visual_token_ids(model)
     out = model.generate(**enc, **kwargs)
-    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    # The first answer token usually carries the word-separating space (" 1" after "ASSISTANT:"): the
+    # answer is the text without it, as predictions files and reports show it.
+    return [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
 
 
 def truncate_at(text: str, stops: list[str] | None) -> str:

@@ -19,6 +19,7 @@ Generation is greedy and batched with the KV cache; the same inputs give the sam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from dpvr.evaluation import benchmark as bench
 from dpvr.evaluation.generation import Prompt, blank_image, generate, user_turn
@@ -40,6 +40,7 @@ from dpvr.evaluation.methods import MethodSpec, check_unique_labels, parse_metho
 from dpvr.evaluation.metrics import score, summarize, summarize_family
 from dpvr.evaluation.report import markdown_report, markdown_table
 from dpvr.io import write_json_atomic, write_text_atomic
+from dpvr.progress import bar as progress_bar
 
 BLIND_MODES = ("off", "also", "only")
 BLIND_SUFFIX = " [blind]"
@@ -102,12 +103,17 @@ def _open_image(root: Path, record: dict) -> Image.Image:
 
 def answer_records(model, processor, records: list[dict], root: str | Path, *, blind: bool = False,
                    batch_size: int = 16, max_new_tokens: int = 16, progress: bool = False,
-                   desc: str = "generate") -> list[str]:
-    """Greedy answers of ``model`` to ``records`` (images loaded per batch; blank ones when ``blind``)."""
+                   desc: str = "generate", bar=None) -> list[str]:
+    """Greedy answers of ``model`` to ``records`` (images loaded per batch; blank ones when ``blind``).
+
+    ``bar``: a progress bar to advance (one per method, over all its families) instead of a new one.
+    """
     root = Path(root)
     blank = blank_image(processor) if blind else None
     answers: list[str] = []
-    with tqdm(total=len(records), desc=desc, disable=not progress, unit="q") as bar:
+    own = bar is None
+    bar = progress_bar(total=len(records), desc=desc, unit="q", enabled=progress) if own else bar
+    with bar if own else contextlib.nullcontext():
         for i in range(0, len(records), batch_size):
             chunk = records[i:i + batch_size]
             prompts = [Prompt([user_turn(r["question"])], [blank if blind else _open_image(root, r)]) for r in chunk]
@@ -134,12 +140,15 @@ def evaluate_model(model, processor, records_by_family: dict[str, list[dict]], r
     """Per-family summaries and all prediction rows of one model (already loaded) on validated records."""
     model.eval()
     families, rows = {}, []
-    for fam, records in records_by_family.items():
-        desc = f"{label + ' ' if label else ''}{fam}{' (blind)' if blind else ''}"
-        answers = answer_records(model, processor, records, root, blind=blind, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, progress=progress, desc=desc)
-        families[fam], fam_rows = score_family(records, answers)
-        rows += fam_rows
+    desc = f"eval {label or 'model'}{' (blind)' if blind and not label.endswith(BLIND_SUFFIX) else ''}"
+    total = sum(len(r) for r in records_by_family.values())
+    with progress_bar(total=total, desc=desc, unit="q", enabled=progress) as bar:
+        for fam, records in records_by_family.items():
+            bar.set_postfix_str(fam, refresh=False)
+            answers = answer_records(model, processor, records, root, blind=blind, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, bar=bar)
+            families[fam], fam_rows = score_family(records, answers)
+            rows += fam_rows
     return families, rows
 
 

@@ -30,6 +30,7 @@ def plot_losses(jsonl: str | os.PathLike, png: str | os.PathLike, smooth: int = 
             ys = [sum(y[max(0, i - smooth + 1): i + 1]) / len(y[max(0, i - smooth + 1): i + 1]) for i in range(len(y))]
             ax.plot(x, ys, lw=1.5, color="C0")
         ax.set_title(_title(st))
+        ax.ticklabel_format(useOffset=False)  # plain values: 0.4444, not 1e-6+4.444e-1
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)

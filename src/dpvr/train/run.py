@@ -35,6 +35,7 @@ from dpvr.loading import load_model
 from dpvr.model import DPVRModel, get_dpvr_model
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
+from dpvr.train.progress import use_progress
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +228,13 @@ def train(args: TrainArgs) -> dict:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        disable_tqdm=not args.progress,
+        disable_tqdm=True,  # dpvr.train.progress shows the bar (step/total, loss, ETA)
     )
     loss_path = out / "loss.jsonl"
     probe = _GradProbe()
     trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=DataCollator(pad_id),
                        callbacks=[_LossLog(loss_path), probe])
+    use_progress(trainer, f"train {args.variant if args.method == 'dpvr' else args.method}", args.progress)
     resume = args.resume
     if resume == "latest":
         resume = get_last_checkpoint(str(out / "checkpoints"))

@@ -269,6 +269,34 @@ def _qwen_collate(samples: list[Sample], side: str = "left") -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- InternVL 3 (tiles, pixel shuffle)
+def _internvl(attn, seed):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+                  patch_size=4)
+    config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text_config()), image_token_id=IMAGE,
+                            vision_feature_layer=-1, tie_word_embeddings=False)
+    return InternVLForConditionalGeneration(config)
+
+
+def _internvl_samples(model) -> list[Sample]:
+    """Images of 2 and 3 tiles (different token counts), each wrapped in <img> (VSTART) ... </img> (VEND)."""
+    g = torch.Generator().manual_seed(0)
+
+    def image(tiles):
+        pix = torch.randn(tiles, 3, 16, 16, generator=g)
+        with torch.no_grad():
+            n = model.model.get_image_features(pixel_values=pix, return_dict=True).pooler_output
+        return [VSTART] + [IMAGE] * (n.shape[0] * n.shape[1]) + [VEND], pix
+
+    ids_a, pix_a = image(2)
+    ids_b, pix_b = image(3)
+    a = Sample([BOS] + _text(3, g) + ids_a + _text(4, g), {"pixel_values": pix_a}, ("image",))
+    b = Sample([BOS] + _text(2, g) + ids_b + _text(3, g), {"pixel_values": pix_b}, ("image",))
+    return [a, b, Sample([BOS] + _text(6, g))]
+
+
 FAMILIES = {
     "llava": Family("llava", _llava, _llava_samples, _cat_collate(("pixel_values",))),
     "llava_next": Family("llava_next", _llava_next, _anyres_samples, _anyres_collate),
@@ -276,4 +304,5 @@ FAMILIES = {
     "qwen2_vl": Family("qwen2_vl", _qwen2_vl, _qwen_samples_for(False), _qwen_collate, has_video=True),
     "qwen2_5_vl": Family("qwen2_5_vl", _qwen2_5_vl, _qwen_samples_for(False), _qwen_collate, has_video=True),
     "qwen3_vl": Family("qwen3_vl", _qwen3_vl, _qwen_samples_for(True), _qwen_collate, has_video=True),
+    "internvl": Family("internvl", _internvl, _internvl_samples, _cat_collate(("pixel_values",))),
 }

@@ -14,6 +14,7 @@ from dpvr.backbones.registry import adapter_class, adapter_for, register, suppor
 # Families (importing registers them).
 from dpvr.backbones import llava as _llava  # noqa: F401,E402
 from dpvr.backbones import qwen_vl as _qwen_vl  # noqa: F401,E402
+from dpvr.backbones import internvl as _internvl  # noqa: F401,E402
 
 __all__ = [
     "BackboneAdapter", "LMInputs", "Positions", "UnsupportedModelError",

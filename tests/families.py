@@ -297,6 +297,60 @@ def _internvl_samples(model) -> list[Sample]:
     return [a, b, Sample([BOS] + _text(6, g))]
 
 
+# ----------------------------------------------------------------------------- Mistral 3 / Pixtral (variable sizes)
+IMG_BREAK, IMG_END = 9, 10
+
+
+def _mistral3(attn, seed):
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 head_dim=8, patch_size=4, image_size=32)
+    config = Mistral3Config(vision_config=vision, text_config=MistralConfig(**_text_config(sliding_window=None)),
+                            image_token_index=IMAGE, spatial_merge_size=2, vision_feature_layer=-1,
+                            tie_word_embeddings=False)
+    return Mistral3ForConditionalGeneration(config)
+
+
+def _mistral3_samples(model) -> list[Sample]:
+    """A 16x32 and a 32x32 image: rows of placeholders, each row ended by [IMG_BREAK], the last by [IMG_END]."""
+    g = torch.Generator().manual_seed(0)
+    per_token = 4 * 2  # patch size x spatial merge
+
+    def image(h, w):
+        pix = torch.randn(1, 3, h, w, generator=g)
+        sizes = torch.tensor([[h, w]])
+        with torch.no_grad():
+            n = model.model.get_image_features(pixel_values=pix, image_sizes=sizes, return_dict=True).pooler_output
+        rows, cols = h // per_token, w // per_token
+        assert n[0].shape[0] == rows * cols
+        ids = []
+        for r in range(rows):
+            ids += [IMAGE] * cols + [IMG_BREAK if r < rows - 1 else IMG_END]
+        return ids, {"pixel_values": pix, "image_sizes": sizes}
+
+    ids_a, mm_a = image(16, 32)
+    ids_b, mm_b = image(32, 32)
+    a = Sample([BOS] + _text(3, g) + ids_a + _text(4, g), mm_a, ("image",))
+    b = Sample([BOS] + _text(2, g) + ids_b + _text(3, g), mm_b, ("image",))
+    return [a, b, Sample([BOS] + _text(6, g))]
+
+
+def _padded_images_collate(samples: list[Sample], side: str = "left") -> dict:
+    """Images of different sizes padded bottom/right to the largest, as Pixtral's processor does."""
+    ids, mask, _ = _pad_ids(samples, side)
+    out = {"input_ids": ids, "attention_mask": mask}
+    images = [s.mm for s in samples if "pixel_values" in s.mm]
+    if images:
+        h = max(m["pixel_values"].shape[2] for m in images)
+        w = max(m["pixel_values"].shape[3] for m in images)
+        out["pixel_values"] = torch.cat([
+            torch.nn.functional.pad(m["pixel_values"], (0, w - m["pixel_values"].shape[3], 0, h - m["pixel_values"].shape[2]))
+            for m in images])
+        out["image_sizes"] = torch.cat([m["image_sizes"] for m in images])
+    return out
+
+
 FAMILIES = {
     "llava": Family("llava", _llava, _llava_samples, _cat_collate(("pixel_values",))),
     "llava_next": Family("llava_next", _llava_next, _anyres_samples, _anyres_collate),
@@ -305,4 +359,5 @@ FAMILIES = {
     "qwen2_5_vl": Family("qwen2_5_vl", _qwen2_5_vl, _qwen_samples_for(False), _qwen_collate, has_video=True),
     "qwen3_vl": Family("qwen3_vl", _qwen3_vl, _qwen_samples_for(True), _qwen_collate, has_video=True),
     "internvl": Family("internvl", _internvl, _internvl_samples, _cat_collate(("pixel_values",))),
+    "mistral3": Family("mistral3", _mistral3, _mistral3_samples, _padded_images_collate),
 }

@@ -351,6 +351,68 @@ def _padded_images_collate(samples: list[Sample], side: str = "left") -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- Idefics3 / SmolVLM (LM at model.text_model)
+FAKE_AROUND, GLOBAL_IMG = 11, 12
+_ROW_COL = {(r, c): 13 + 2 * r + c for r in range(2) for c in range(2)}  # <row_i_col_j>
+
+
+def _idefics3_like(kind: str):
+    def build(attn, seed):
+        import transformers
+        from transformers import LlamaConfig
+
+        prefix = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[kind]
+        vision = getattr(transformers, f"{prefix}VisionConfig")(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+            patch_size=4)
+        config = getattr(transformers, f"{prefix}Config")(
+            vision_config=vision, text_config=LlamaConfig(**_text_config()), image_token_id=IMAGE, scale_factor=2,
+            tie_word_embeddings=False)
+        return getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    return build
+
+
+def _idefics3_samples(model) -> list[Sample]:
+    """A global-only image, and an image split 1x2 plus its global view: one span per sub-image, between
+    <fake_token_around_image>, <row_i_col_j> and <global-img> text tokens."""
+    g = torch.Generator().manual_seed(0)
+    n = model.model.image_seq_len
+
+    def image(rows, cols):
+        subs = rows * cols + (1 if rows * cols > 1 else 0)
+        pix = torch.randn(1, subs, 3, 16, 16, generator=g)
+        ids = []
+        if rows * cols > 1:
+            for r in range(rows):
+                for c in range(cols):
+                    ids += [FAKE_AROUND, _ROW_COL[(r, c)]] + [IMAGE] * n
+        ids += [FAKE_AROUND, GLOBAL_IMG] + [IMAGE] * n + [FAKE_AROUND]
+        return ids, {"pixel_values": pix, "pixel_attention_mask": torch.ones(1, subs, 16, 16, dtype=torch.bool)}
+
+    ids_a, mm_a = image(1, 1)
+    ids_b, mm_b = image(1, 2)
+    a = Sample([BOS] + _text(3, g) + ids_a + _text(4, g), mm_a, ("image",))
+    b = Sample([BOS] + _text(2, g) + ids_b + _text(3, g), mm_b, ("image",))
+    return [a, b, Sample([BOS] + _text(6, g))]
+
+
+def _idefics3_collate(samples: list[Sample], side: str = "left") -> dict:
+    """(B, max sub-images, 3, 16, 16) zero-padded, as the processor does (all-zero images are dropped by the model)."""
+    ids, mask, _ = _pad_ids(samples, side)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if any("pixel_values" in s.mm for s in samples):
+        subs = max(s.mm["pixel_values"].shape[1] for s in samples if "pixel_values" in s.mm)
+        pix = torch.zeros(len(samples), subs, 3, 16, 16)
+        pmask = torch.zeros(len(samples), subs, 16, 16, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            if "pixel_values" in s.mm:
+                k = s.mm["pixel_values"].shape[1]
+                pix[i, :k] = s.mm["pixel_values"][0]
+                pmask[i, :k] = s.mm["pixel_attention_mask"][0]
+        out["pixel_values"], out["pixel_attention_mask"] = pix, pmask
+    return out
+
+
 FAMILIES = {
     "llava": Family("llava", _llava, _llava_samples, _cat_collate(("pixel_values",))),
     "llava_next": Family("llava_next", _llava_next, _anyres_samples, _anyres_collate),
@@ -360,4 +422,6 @@ FAMILIES = {
     "qwen3_vl": Family("qwen3_vl", _qwen3_vl, _qwen_samples_for(True), _qwen_collate, has_video=True),
     "internvl": Family("internvl", _internvl, _internvl_samples, _cat_collate(("pixel_values",))),
     "mistral3": Family("mistral3", _mistral3, _mistral3_samples, _padded_images_collate),
+    "idefics3": Family("idefics3", _idefics3_like("idefics3"), _idefics3_samples, _idefics3_collate),
+    "smolvlm": Family("smolvlm", _idefics3_like("smolvlm"), _idefics3_samples, _idefics3_collate),
 }

@@ -413,6 +413,47 @@ def _idefics3_collate(samples: list[Sample], side: str = "left") -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- Gemma 3 (sliding/full layers, bidirectional images)
+BOI, EOI = 17, 18
+# sliding and full layers in every group the engine forms at SPLIT: shallow, side branch (a copy of layer 3),
+# text view, fuse, kv, and FastV's kept view
+GEMMA3_LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                      "full_attention", "sliding_attention"]
+
+
+def _gemma3(attn, seed):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(**_text_config(
+        head_dim=8, query_pre_attn_scalar=8, sliding_window=6, layer_types=GEMMA3_LAYER_TYPES,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}))
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=16, patch_size=4)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=BOI,
+                          eoi_token_index=EOI, image_token_index=IMAGE, tie_word_embeddings=False)
+    return Gemma3ForConditionalGeneration(config)
+
+
+def _gemma3_samples(model) -> list[Sample]:
+    """One and two images of mm_tokens_per_image placeholders each, between <start_of_image> and <end_of_image>."""
+    g = torch.Generator().manual_seed(0)
+    n = model.config.mm_tokens_per_image
+    img = [BOI] + [IMAGE] * n + [EOI]
+    pix = lambda: torch.randn(1, 3, 16, 16, generator=g)  # noqa: E731
+    one = Sample([BOS] + _text(3, g) + img + _text(4, g), {"pixel_values": pix()}, ("image",))
+    two = Sample([BOS] + _text(2, g) + img + _text(2, g) + img + _text(3, g),
+                 {"pixel_values": torch.cat([pix(), pix()])}, ("image", "image"))
+    return [one, two, Sample([BOS] + _text(6, g))]
+
+
+def _gemma3_collate(samples: list[Sample], side: str = "left") -> dict:
+    """``token_type_ids`` 1 at the image placeholders (bidirectional within each image), as the processor sets them."""
+    out = _cat_collate(("pixel_values",))(samples, side)
+    out["token_type_ids"] = (out["input_ids"] == IMAGE).long()
+    return out
+
+
 FAMILIES = {
     "llava": Family("llava", _llava, _llava_samples, _cat_collate(("pixel_values",))),
     "llava_next": Family("llava_next", _llava_next, _anyres_samples, _anyres_collate),
@@ -424,4 +465,5 @@ FAMILIES = {
     "mistral3": Family("mistral3", _mistral3, _mistral3_samples, _padded_images_collate),
     "idefics3": Family("idefics3", _idefics3_like("idefics3"), _idefics3_samples, _idefics3_collate),
     "smolvlm": Family("smolvlm", _idefics3_like("smolvlm"), _idefics3_samples, _idefics3_collate),
+    "gemma3": Family("gemma3", _gemma3, _gemma3_samples, _gemma3_collate),
 }

@@ -269,6 +269,191 @@ def _qwen_collate(samples: list[Sample], side: str = "left") -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- InternVL 3 (tiles, pixel shuffle)
+def _internvl(attn, seed):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, Qwen2Config
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+                  patch_size=4)
+    config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text_config()), image_token_id=IMAGE,
+                            vision_feature_layer=-1, tie_word_embeddings=False)
+    return InternVLForConditionalGeneration(config)
+
+
+def _internvl_samples(model) -> list[Sample]:
+    """Images of 2 and 3 tiles (different token counts), each wrapped in <img> (VSTART) ... </img> (VEND)."""
+    g = torch.Generator().manual_seed(0)
+
+    def image(tiles):
+        pix = torch.randn(tiles, 3, 16, 16, generator=g)
+        with torch.no_grad():
+            n = model.model.get_image_features(pixel_values=pix, return_dict=True).pooler_output
+        return [VSTART] + [IMAGE] * (n.shape[0] * n.shape[1]) + [VEND], pix
+
+    ids_a, pix_a = image(2)
+    ids_b, pix_b = image(3)
+    a = Sample([BOS] + _text(3, g) + ids_a + _text(4, g), {"pixel_values": pix_a}, ("image",))
+    b = Sample([BOS] + _text(2, g) + ids_b + _text(3, g), {"pixel_values": pix_b}, ("image",))
+    return [a, b, Sample([BOS] + _text(6, g))]
+
+
+# ----------------------------------------------------------------------------- Mistral 3 / Pixtral (variable sizes)
+IMG_BREAK, IMG_END = 9, 10
+
+
+def _mistral3(attn, seed):
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 head_dim=8, patch_size=4, image_size=32)
+    config = Mistral3Config(vision_config=vision, text_config=MistralConfig(**_text_config(sliding_window=None)),
+                            image_token_index=IMAGE, spatial_merge_size=2, vision_feature_layer=-1,
+                            tie_word_embeddings=False)
+    return Mistral3ForConditionalGeneration(config)
+
+
+def _mistral3_samples(model) -> list[Sample]:
+    """A 16x32 and a 32x32 image: rows of placeholders, each row ended by [IMG_BREAK], the last by [IMG_END]."""
+    g = torch.Generator().manual_seed(0)
+    per_token = 4 * 2  # patch size x spatial merge
+
+    def image(h, w):
+        pix = torch.randn(1, 3, h, w, generator=g)
+        sizes = torch.tensor([[h, w]])
+        with torch.no_grad():
+            n = model.model.get_image_features(pixel_values=pix, image_sizes=sizes, return_dict=True).pooler_output
+        rows, cols = h // per_token, w // per_token
+        assert n[0].shape[0] == rows * cols
+        ids = []
+        for r in range(rows):
+            ids += [IMAGE] * cols + [IMG_BREAK if r < rows - 1 else IMG_END]
+        return ids, {"pixel_values": pix, "image_sizes": sizes}
+
+    ids_a, mm_a = image(16, 32)
+    ids_b, mm_b = image(32, 32)
+    a = Sample([BOS] + _text(3, g) + ids_a + _text(4, g), mm_a, ("image",))
+    b = Sample([BOS] + _text(2, g) + ids_b + _text(3, g), mm_b, ("image",))
+    return [a, b, Sample([BOS] + _text(6, g))]
+
+
+def _padded_images_collate(samples: list[Sample], side: str = "left") -> dict:
+    """Images of different sizes padded bottom/right to the largest, as Pixtral's processor does."""
+    ids, mask, _ = _pad_ids(samples, side)
+    out = {"input_ids": ids, "attention_mask": mask}
+    images = [s.mm for s in samples if "pixel_values" in s.mm]
+    if images:
+        h = max(m["pixel_values"].shape[2] for m in images)
+        w = max(m["pixel_values"].shape[3] for m in images)
+        out["pixel_values"] = torch.cat([
+            torch.nn.functional.pad(m["pixel_values"], (0, w - m["pixel_values"].shape[3], 0, h - m["pixel_values"].shape[2]))
+            for m in images])
+        out["image_sizes"] = torch.cat([m["image_sizes"] for m in images])
+    return out
+
+
+# ----------------------------------------------------------------------------- Idefics3 / SmolVLM (LM at model.text_model)
+FAKE_AROUND, GLOBAL_IMG = 11, 12
+_ROW_COL = {(r, c): 13 + 2 * r + c for r in range(2) for c in range(2)}  # <row_i_col_j>
+
+
+def _idefics3_like(kind: str):
+    def build(attn, seed):
+        import transformers
+        from transformers import LlamaConfig
+
+        prefix = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[kind]
+        vision = getattr(transformers, f"{prefix}VisionConfig")(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+            patch_size=4)
+        config = getattr(transformers, f"{prefix}Config")(
+            vision_config=vision, text_config=LlamaConfig(**_text_config()), image_token_id=IMAGE, scale_factor=2,
+            tie_word_embeddings=False)
+        return getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    return build
+
+
+def _idefics3_samples(model) -> list[Sample]:
+    """A global-only image, and an image split 1x2 plus its global view: one span per sub-image, between
+    <fake_token_around_image>, <row_i_col_j> and <global-img> text tokens."""
+    g = torch.Generator().manual_seed(0)
+    n = model.model.image_seq_len
+
+    def image(rows, cols):
+        subs = rows * cols + (1 if rows * cols > 1 else 0)
+        pix = torch.randn(1, subs, 3, 16, 16, generator=g)
+        ids = []
+        if rows * cols > 1:
+            for r in range(rows):
+                for c in range(cols):
+                    ids += [FAKE_AROUND, _ROW_COL[(r, c)]] + [IMAGE] * n
+        ids += [FAKE_AROUND, GLOBAL_IMG] + [IMAGE] * n + [FAKE_AROUND]
+        return ids, {"pixel_values": pix, "pixel_attention_mask": torch.ones(1, subs, 16, 16, dtype=torch.bool)}
+
+    ids_a, mm_a = image(1, 1)
+    ids_b, mm_b = image(1, 2)
+    a = Sample([BOS] + _text(3, g) + ids_a + _text(4, g), mm_a, ("image",))
+    b = Sample([BOS] + _text(2, g) + ids_b + _text(3, g), mm_b, ("image",))
+    return [a, b, Sample([BOS] + _text(6, g))]
+
+
+def _idefics3_collate(samples: list[Sample], side: str = "left") -> dict:
+    """(B, max sub-images, 3, 16, 16) zero-padded, as the processor does (all-zero images are dropped by the model)."""
+    ids, mask, _ = _pad_ids(samples, side)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if any("pixel_values" in s.mm for s in samples):
+        subs = max(s.mm["pixel_values"].shape[1] for s in samples if "pixel_values" in s.mm)
+        pix = torch.zeros(len(samples), subs, 3, 16, 16)
+        pmask = torch.zeros(len(samples), subs, 16, 16, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            if "pixel_values" in s.mm:
+                k = s.mm["pixel_values"].shape[1]
+                pix[i, :k] = s.mm["pixel_values"][0]
+                pmask[i, :k] = s.mm["pixel_attention_mask"][0]
+        out["pixel_values"], out["pixel_attention_mask"] = pix, pmask
+    return out
+
+
+# ----------------------------------------------------------------------------- Gemma 3 (sliding/full layers, bidirectional images)
+BOI, EOI = 17, 18
+# sliding and full layers in every group the engine forms at SPLIT: shallow, side branch (a copy of layer 3),
+# text view, fuse, kv, and FastV's kept view
+GEMMA3_LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                      "full_attention", "sliding_attention"]
+
+
+def _gemma3(attn, seed):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(**_text_config(
+        head_dim=8, query_pre_attn_scalar=8, sliding_window=6, layer_types=GEMMA3_LAYER_TYPES,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}))
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=16, patch_size=4)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=BOI,
+                          eoi_token_index=EOI, image_token_index=IMAGE, tie_word_embeddings=False)
+    return Gemma3ForConditionalGeneration(config)
+
+
+def _gemma3_samples(model) -> list[Sample]:
+    """One and two images of mm_tokens_per_image placeholders each, between <start_of_image> and <end_of_image>."""
+    g = torch.Generator().manual_seed(0)
+    n = model.config.mm_tokens_per_image
+    img = [BOI] + [IMAGE] * n + [EOI]
+    pix = lambda: torch.randn(1, 3, 16, 16, generator=g)  # noqa: E731
+    one = Sample([BOS] + _text(3, g) + img + _text(4, g), {"pixel_values": pix()}, ("image",))
+    two = Sample([BOS] + _text(2, g) + img + _text(2, g) + img + _text(3, g),
+                 {"pixel_values": torch.cat([pix(), pix()])}, ("image", "image"))
+    return [one, two, Sample([BOS] + _text(6, g))]
+
+
+def _gemma3_collate(samples: list[Sample], side: str = "left") -> dict:
+    """``token_type_ids`` 1 at the image placeholders (bidirectional within each image), as the processor sets them."""
+    out = _cat_collate(("pixel_values",))(samples, side)
+    out["token_type_ids"] = (out["input_ids"] == IMAGE).long()
+    return out
+
+
 FAMILIES = {
     "llava": Family("llava", _llava, _llava_samples, _cat_collate(("pixel_values",))),
     "llava_next": Family("llava_next", _llava_next, _anyres_samples, _anyres_collate),
@@ -276,4 +461,9 @@ FAMILIES = {
     "qwen2_vl": Family("qwen2_vl", _qwen2_vl, _qwen_samples_for(False), _qwen_collate, has_video=True),
     "qwen2_5_vl": Family("qwen2_5_vl", _qwen2_5_vl, _qwen_samples_for(False), _qwen_collate, has_video=True),
     "qwen3_vl": Family("qwen3_vl", _qwen3_vl, _qwen_samples_for(True), _qwen_collate, has_video=True),
+    "internvl": Family("internvl", _internvl, _internvl_samples, _cat_collate(("pixel_values",))),
+    "mistral3": Family("mistral3", _mistral3, _mistral3_samples, _padded_images_collate),
+    "idefics3": Family("idefics3", _idefics3_like("idefics3"), _idefics3_samples, _idefics3_collate),
+    "smolvlm": Family("smolvlm", _idefics3_like("smolvlm"), _idefics3_samples, _idefics3_collate),
+    "gemma3": Family("gemma3", _gemma3, _gemma3_samples, _gemma3_collate),
 }

@@ -14,6 +14,10 @@ from dpvr.backbones.registry import adapter_class, adapter_for, register, suppor
 # Families (importing registers them).
 from dpvr.backbones import llava as _llava  # noqa: F401,E402
 from dpvr.backbones import qwen_vl as _qwen_vl  # noqa: F401,E402
+from dpvr.backbones import internvl as _internvl  # noqa: F401,E402
+from dpvr.backbones import mistral3 as _mistral3  # noqa: F401,E402
+from dpvr.backbones import idefics3 as _idefics3  # noqa: F401,E402
+from dpvr.backbones import gemma3 as _gemma3  # noqa: F401,E402
 
 __all__ = [
     "BackboneAdapter", "LMInputs", "Positions", "UnsupportedModelError",

@@ -204,6 +204,29 @@ class BackboneAdapter:
         """(cos, sin), each (B|1, q, head_dim)."""
         return self.rotary_emb(hidden, positions.rope)
 
+    # ------------------------------------------------------------------ masks
+    def attention_masks(self, layers, *, inputs_embeds, attention_mask, cache, position_ids, extras=None):
+        """The attention mask of ``layers`` (backbone layer indices) over a contiguous view (the prompt, a prefix of
+        it, or new tokens after the cache). Default: one causal mask, sized for ``layers[0]``'s cache.
+
+        Whatever this returns reaches `call_layer` unchanged, so a family whose layers differ in mask type
+        (sliding window, bidirectional spans) may return one mask per type and pick it there.
+        """
+        from transformers.masking_utils import create_causal_mask
+
+        return create_causal_mask(
+            config=self.text_config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache,
+            position_ids=position_ids, layer_idx=layers[0] if layers and cache is not None else None,
+        )
+
+    def view_masks(self, layers, *, query_positions, key_positions, key_valid, dtype, extras, default):
+        """The attention mask of ``layers`` over a view with holes (text view, FastV's kept view, text queries
+        over full keys, and their decode steps), given each query's and key's position in the full view
+        (B, q) / (B, K), and which keys are real (B, K). ``default()`` builds the engine's plain causal mask
+        (causal in view order), which is exact for families whose layers are all plain causal.
+        """
+        return default()
+
     # ------------------------------------------------------------------ layers
     def call_layer(self, layer: nn.Module, hidden, mask, position_ids, cache, use_cache, position_embeddings):
         """The one place that knows a decoder layer's call signature (transformers 5.24)."""

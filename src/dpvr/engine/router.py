@@ -22,6 +22,15 @@ image tokens too. Dropped positions leave the output as they were after layer ``
 Decode (non-empty cache): every new token is text, so hidden states keep their shape; only the
 masks differ per layer, because ``text`` layers hold a shorter cache (no image positions), and
 layers after the pruning hold only the kept view.
+
+Masks come from the backbone adapter (``attention_masks`` for a contiguous view, ``view_masks`` for
+a view with holes, given each slot's original position), so a family whose layers differ in mask
+type (Gemma 3: sliding-window and full layers, bidirectional attention within an image) gets each
+layer's own mask in every view; what the adapter returns is opaque here and resolved per layer in
+its ``call_layer``. A layer that holds a view with padding slots between real ones (text view,
+kept view) keeps every key in its cache: a sliding-window cache layer drops the oldest slots by
+count, which behind padding slots would drop keys still inside the window; the mask applies the
+window by original position instead.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicLayer
 from transformers.masking_utils import create_causal_mask
 
 from dpvr.config import ResolvedPlan
@@ -60,15 +70,15 @@ def routed_decoder_forward(
     # Positions as the family's text model derives them: RoPE rows, what layers and masks receive.
     positions = backbone.positions(inputs_embeds, position_ids, cache)
     position_embeddings = backbone.rotary(inputs_embeds, positions)  # (cos, sin), each (B|1, q, head_dim)
-    full_mask = create_causal_mask(
-        config=backbone.text_config,
+    args = _LayerArgs(backbone, plan, cache, use_cache, prompt_len, extras or {})
+    full_mask = backbone.attention_masks(
+        args.full_view_layers,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         cache=cache,
         position_ids=positions.mask,
-        layer_idx=0,
+        extras=args.extras if past == 0 else None,  # decode: the new tokens are text
     )
-    args = _LayerArgs(backbone, plan, cache, use_cache, prompt_len, extras or {})
     if past == 0:
         return _prefill(args, side, input_ids, inputs_embeds, attention_mask, positions, position_embeddings, full_mask)
     return _decode(args, input_ids, inputs_embeds, attention_mask, positions.layer, position_embeddings, full_mask)
@@ -83,7 +93,23 @@ class _LayerArgs:
         self.prompt_len = prompt_len
         self.extras = extras or {}
         text_layers = plan.layers_with_mode("text")
+        self.text_layers = text_layers
         self.first_text_layer = text_layers[0] if text_layers else None
+        # Layers after FastV's pruning (other than text layers) hold the kept view of the prompt.
+        self.kept_layers = [] if plan.prune_layer is None else [
+            i for i in range(plan.prune_layer, plan.num_layers) if plan.modes[i] != "text"
+        ]
+        kept = set(self.kept_layers)
+        self.full_view_layers = [i for i in range(plan.num_layers) if plan.modes[i] != "text" and i not in kept]
+
+    def keep_every_key(self, layers) -> None:
+        """Layers ``layers`` hold a view with padding slots between real ones: their cache must not drop slots by count."""
+        cache = self.cache
+        if cache is None or not hasattr(cache, "layers"):
+            return
+        for i in layers:
+            if i < len(cache.layers) and getattr(cache.layers[i], "is_sliding", False):
+                cache.layers[i] = DynamicLayer()
 
     def run(self, layer_idx: int, hidden, mask, position_ids, position_embeddings, cache="default"):
         return self.backbone.call_layer(
@@ -98,6 +124,17 @@ class _LayerArgs:
 
 
 @dataclass
+class _RoutingState(RoutingState):
+    """`RoutingState` plus where each text-view slot sits in the full view (masks by original position at decode)."""
+
+    text_positions: torch.Tensor | None = None  # (B, Lt)
+
+    def _map(self, fn) -> "_RoutingState":
+        out = super()._map(fn)
+        return _RoutingState(**vars(out), text_positions=None if self.text_positions is None else fn(self.text_positions))
+
+
+@dataclass
 class _View:
     """The sequence a run of layers works on: the full prompt, or what FastV kept of it (B, Lv)."""
 
@@ -109,6 +146,13 @@ class _View:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (B|1, Lv, head_dim)
     mask: object  # causal mask of a layer over every slot of this view
     mask_position_ids: torch.Tensor | None  # positions for the mask helpers; None where positions have holes
+    slots: torch.Tensor | None = None  # (B, Lv) full-view position of each slot (None: the full view itself)
+
+    def slot_positions(self) -> torch.Tensor:
+        if self.slots is not None:
+            return self.slots
+        batch, length = self.is_image.shape
+        return torch.arange(length, device=self.is_image.device).expand(batch, -1)
 
 
 def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, positions, position_embeddings, full_mask):
@@ -142,7 +186,7 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
     """Side branch and deep layers over ``view``; returns the view's hidden states (B, Lv, d)."""
     backbone, plan = args.backbone, args.plan
     hidden = view.hidden
-    state = RoutingState(text_key_valid=None, prompt_len=prompt_len)
+    state = _RoutingState(text_key_valid=None, prompt_len=prompt_len)
     if prune is not None:
         state.kept_key_valid = view.attention_mask if view.attention_mask is not None else prune.text_valid
         state.kept_positions = prune.text_idx
@@ -155,12 +199,27 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
     # --- split: side branch over the prefix that ends with the last image token
     if index.has_images and side is not None:
         p = index.prefix_len
-        side_mask = create_causal_mask(
-            config=backbone.text_config,
+        side_mask = backbone.attention_masks(
+            [plan.split + j for j in range(plan.side_depth)],  # the side layers are copies of these
             inputs_embeds=hidden[:, :p],
             attention_mask=view.attention_mask[:, :p] if view.attention_mask is not None else None,
             cache=None,
             position_ids=view.mask_position_ids[..., :p] if view.mask_position_ids is not None else None,
+            extras=args.extras,
+        ) if view.slots is None else backbone.view_masks(
+            [plan.split + j for j in range(plan.side_depth)],
+            query_positions=view.slots[:, :p],
+            key_positions=view.slots[:, :p],
+            key_valid=view.attention_mask[:, :p].bool() if view.attention_mask is not None else view.valid[:, :p],
+            dtype=hidden.dtype,
+            extras=args.extras,
+            default=lambda: create_causal_mask(
+                config=backbone.text_config,
+                inputs_embeds=hidden[:, :p],
+                attention_mask=view.attention_mask[:, :p] if view.attention_mask is not None else None,
+                cache=None,
+                position_ids=None,
+            ),
         )
         cos, sin = view.position_embeddings
         side_positions = view.position_ids[..., :p] if view.position_ids is not None else None
@@ -177,21 +236,44 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
     text_key_valid = index.text_valid
     if view.attention_mask is not None:
         text_key_valid = text_key_valid & gather_positions(view.attention_mask.bool(), index.text_idx)
+    slots = view.slot_positions()  # (B, Lv) original position of each view slot
+    text_positions = gather_positions(slots, index.text_idx)  # (B, Lt)
     text_mask = None
     if args.first_text_layer is not None:
-        text_mask = create_causal_mask(
-            config=backbone.text_config,
-            inputs_embeds=text_hidden,
-            attention_mask=None if bool(text_key_valid.all()) else text_key_valid,
-            cache=args.cache,
-            position_ids=None,  # original positions have holes; the mask is causal in view order
-            layer_idx=args.first_text_layer,
+        args.keep_every_key(args.text_layers)
+        text_mask = backbone.view_masks(
+            args.text_layers,
+            query_positions=text_positions,
+            key_positions=text_positions,
+            key_valid=text_key_valid,
+            dtype=hidden.dtype,
+            extras=args.extras,
+            default=lambda: create_causal_mask(
+                config=backbone.text_config,
+                inputs_embeds=text_hidden,
+                attention_mask=None if bool(text_key_valid.all()) else text_key_valid,
+                cache=args.cache,
+                position_ids=None,  # original positions have holes; the mask is causal in view order
+                layer_idx=args.first_text_layer,
+            ),
         )
     kv_mask = None
     if "kv" in plan.modes:
-        kv_mask = _text_query_full_key_mask(index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config)
+        full_key_valid = view.attention_mask.bool() if view.attention_mask is not None else (
+            view.valid if view.valid is not None else torch.ones_like(view.is_image))
+        kv_mask = backbone.view_masks(
+            plan.layers_with_mode("kv"),
+            query_positions=text_positions,
+            key_positions=slots,
+            key_valid=full_key_valid,
+            dtype=hidden.dtype,
+            extras=args.extras,
+            default=lambda: _text_query_full_key_mask(
+                index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config),
+        )
     if isinstance(args.cache, DPVRCache):
         state.text_key_valid = text_key_valid
+        state.text_positions = text_positions
         args.cache.routing = state
 
     for layer_idx in plan.deep_layers:
@@ -220,10 +302,7 @@ def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, p
             "image tokens after the prompt: a routed model takes images in the first (prefill) call only; "
             "suppress the image token in generation (suppress_tokens=[image_token_id])"
         )
-    # Layers after FastV's pruning (other than text layers) hold the kept view of the prompt.
-    kept_layers = [] if plan.prune_layer is None else [
-        i for i in range(plan.prune_layer, plan.num_layers) if plan.modes[i] != "text"
-    ]
+    kept_layers = args.kept_layers
     text_mask = kept_mask = None
     if args.first_text_layer is not None or kept_layers:
         state = getattr(cache, "routing", None)
@@ -239,20 +318,30 @@ def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, p
         else:
             tail = torch.ones(batch, seen - state.prompt_len + q_len, dtype=torch.bool, device=hidden.device)
 
-        def view_mask(prompt_keys, layer_idx):
-            return create_causal_mask(
-                config=backbone.text_config,
-                inputs_embeds=hidden,
-                attention_mask=torch.cat([prompt_keys, tail], dim=1),
-                cache=cache,
-                position_ids=None,
-                layer_idx=layer_idx,
+        new = torch.arange(state.prompt_len, seen + q_len, device=hidden.device).expand(batch, -1)  # (B, seen - L + q)
+
+        def view_mask(prompt_keys, prompt_positions, layers):
+            return backbone.view_masks(
+                layers,
+                query_positions=new[:, -q_len:],
+                key_positions=None if prompt_positions is None else torch.cat([prompt_positions, new], dim=1),
+                key_valid=torch.cat([prompt_keys, tail], dim=1),
+                dtype=hidden.dtype,
+                extras=None,  # the new tokens are text
+                default=lambda: create_causal_mask(
+                    config=backbone.text_config,
+                    inputs_embeds=hidden,
+                    attention_mask=torch.cat([prompt_keys, tail], dim=1),
+                    cache=cache,
+                    position_ids=None,
+                    layer_idx=layers[0],
+                ),
             )
 
         if args.first_text_layer is not None:
-            text_mask = view_mask(state.text_key_valid, args.first_text_layer)
+            text_mask = view_mask(state.text_key_valid, getattr(state, "text_positions", None), args.text_layers)
         if kept_layers:
-            kept_mask = view_mask(state.kept_key_valid, kept_layers[0])
+            kept_mask = view_mask(state.kept_key_valid, state.kept_positions, kept_layers)
     kept = set(kept_layers)
     for layer_idx in range(plan.num_layers):
         if plan.modes[layer_idx] == "text":
@@ -286,18 +375,20 @@ def _run_and_score(args: _LayerArgs, layer_idx: int, view: _View) -> tuple[torch
         out = args.run(layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
     finally:
         handle.remove()
-    scores = last_query_attention(attn, captured["normed"], view.position_embeddings, view.attention_mask, args.prompt_len)
+    scores = last_query_attention(attn, captured["normed"], view.position_embeddings, view.attention_mask, args.prompt_len,
+                                  apply_rotary=args.backbone.apply_rotary(attn))
     return out, scores
 
 
 def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attention_mask,
-                         prompt_len: int | None = None) -> torch.Tensor:
+                         prompt_len: int | None = None, apply_rotary=None) -> torch.Tensor:
     """Head-mean attention probabilities (B, L) of each sample's last real prompt query over its keys.
 
     ``normed`` (B, L, d) is the attention module's input (after the layer's input norm); the
     computation follows eager attention (RoPE, grouped K/V, scaling, float32 softmax). The query is
     each sample's last unpadded position before ``prompt_len`` (default: the whole input), so the
-    ranking of a prompt does not change when generated tokens are appended to it.
+    ranking of a prompt does not change when generated tokens are appended to it. ``apply_rotary``:
+    the family's (the adapter's ``apply_rotary(attn)``); default: the attention module's own.
     """
     batch, length, _ = normed.shape
     positions = torch.arange(length, device=normed.device)
@@ -311,7 +402,7 @@ def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attent
     q = project_q(attn, gather_positions(normed, last[:, None]))  # (B, H, 1, hd)
     k, _ = project_kv(attn, normed)  # (B, H_kv, L, hd)
     cos, sin = position_embeddings
-    apply_rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    apply_rotary = apply_rotary or sys.modules[type(attn).__module__].apply_rotary_pos_emb
     q, _ = apply_rotary(q, q, gather_positions(cos, last[:, None]), gather_positions(sin, last[:, None]))
     _, k = apply_rotary(k, k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, L, hd), as repeat_kv
@@ -336,13 +427,22 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
     if view.attention_mask is not None:
         key_valid = valid & gather_positions(view.attention_mask.bool(), idx)
     hidden = gather_positions(view.hidden, idx)  # (B, Lk, d)
-    mask = create_causal_mask(
-        config=args.backbone.text_config,
-        inputs_embeds=hidden,
-        attention_mask=None if bool(key_valid.all()) else key_valid,
-        cache=args.cache,
-        position_ids=None,  # kept positions have holes; the mask is causal in view order
-        layer_idx=layer_idx,
+    args.keep_every_key(args.kept_layers)
+    mask = args.backbone.view_masks(
+        args.kept_layers,
+        query_positions=idx,
+        key_positions=idx,
+        key_valid=key_valid,
+        dtype=hidden.dtype,
+        extras=args.extras,
+        default=lambda: create_causal_mask(
+            config=args.backbone.text_config,
+            inputs_embeds=hidden,
+            attention_mask=None if bool(key_valid.all()) else key_valid,
+            cache=args.cache,
+            position_ids=None,  # kept positions have holes; the mask is causal in view order
+            layer_idx=layer_idx,
+        ),
     )
     return _View(
         hidden=hidden,
@@ -353,6 +453,7 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
         position_embeddings=tuple(gather_positions(t, idx) for t in view.position_embeddings),
         mask=mask,
         mask_position_ids=None,
+        slots=idx,
     )
 
 

@@ -38,7 +38,7 @@ from transformers.masking_utils import create_causal_mask
 from dpvr.config import ResolvedPlan
 from dpvr.backbones.base import project_kv, project_q
 from dpvr.engine.backbone import Backbone
-from dpvr.engine.cache import DPVRCache, ImageKVInjector, RoutingState
+from dpvr.engine.cache import DPVRCache, ImageKVInjector, RoutedCache, RoutingState
 from dpvr.engine.index import RoutingIndex, gather_positions, merge_views
 from dpvr.engine.side_branch import SideBranch
 
@@ -147,7 +147,7 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
         state.kept_key_valid = view.attention_mask if view.attention_mask is not None else prune.text_valid
         state.kept_positions = prune.text_idx
     if not plan.deep_layers:  # FastV alone: nothing routed after the pruning
-        if isinstance(args.cache, DPVRCache):
+        if isinstance(args.cache, RoutedCache):
             args.cache.routing = state
         return hidden
     index = RoutingIndex.from_mask(view.is_image, view.valid)
@@ -190,7 +190,7 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
     kv_mask = None
     if "kv" in plan.modes:
         kv_mask = _text_query_full_key_mask(index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config)
-    if isinstance(args.cache, DPVRCache):
+    if isinstance(args.cache, RoutedCache):
         state.text_key_valid = text_key_valid
         args.cache.routing = state
 

@@ -131,68 +131,101 @@ def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, position
         dropped = gather_positions(view.hidden, prune.image_idx)  # (B, Ld, d): left as they were at the drop
         view = _kept_view(args, view, prune, k)
         first = k
+    # layout-only work first (see _DeepSetup); after FastV's pruning the kept view decides it
+    setup = _deep_setup(args, side, view, prune, prompt_len=input_ids.shape[1])
     for layer_idx in range(first, plan.split):
         view.hidden = args.run_shallow(layer_idx, view) if prune is None else args.run(
             layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
-    out = _deep(args, side, view, prune, prompt_len=input_ids.shape[1])  # (B, Lv, d)
+    out = _deep(args, side, view, prune, prompt_len=input_ids.shape[1], setup=setup)  # (B, Lv, d)
     return out if prune is None else merge_views(out, dropped, prune)  # (B, L, d)
 
 
-def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int) -> torch.Tensor:
-    """Side branch and deep layers over ``view``; returns the view's hidden states (B, Lv, d)."""
+@dataclass
+class _DeepSetup:
+    """Everything the deep stack needs that depends on the prompt's layout only, not on hidden states.
+
+    Built before the first layer runs (when nothing is pruned), so its host reads (``int``/``bool`` of
+    device tensors: view lengths, whether padding exists) wait on an almost empty device queue instead
+    of draining it between the shallow and the deep stack, where short text-only layers would then be
+    launched from an idle device.
+    """
+
+    state: RoutingState
+    index: RoutingIndex | None = None
+    side_mask: object = None
+    text_position_ids: torch.Tensor | None = None
+    text_position_embeddings: tuple | None = None
+    text_mask: object = None
+    kv_mask: torch.Tensor | None = None
+
+
+def _deep_setup(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int) -> _DeepSetup:
     backbone, plan = args.backbone, args.plan
-    hidden = view.hidden
+    hidden = view.hidden  # used for its shape, dtype and device only
     state = RoutingState(text_key_valid=None, prompt_len=prompt_len)
     if prune is not None:
         state.kept_key_valid = view.attention_mask if view.attention_mask is not None else prune.text_valid
         state.kept_positions = prune.text_idx
-    if not plan.deep_layers:  # FastV alone: nothing routed after the pruning
-        if isinstance(args.cache, RoutedCache):
-            args.cache.routing = state
-        return hidden
-    index = RoutingIndex.from_mask(view.is_image, view.valid)
-
-    # --- split: side branch over the prefix that ends with the last image token
+    setup = _DeepSetup(state)
+    if not plan.deep_layers:
+        return setup
+    index = setup.index = RoutingIndex.from_mask(view.is_image, view.valid)
     if index.has_images and side is not None:
         p = index.prefix_len
-        side_mask = create_causal_mask(
+        setup.side_mask = create_causal_mask(
             config=backbone.text_config,
             inputs_embeds=hidden[:, :p],
             attention_mask=view.attention_mask[:, :p] if view.attention_mask is not None else None,
             cache=None,
             position_ids=view.mask_position_ids[..., :p] if view.mask_position_ids is not None else None,
         )
-        cos, sin = view.position_embeddings
-        side_positions = view.position_ids[..., :p] if view.position_ids is not None else None
-        side_out = side(hidden[:, :p], side_mask, side_positions, (cos[:, :p], sin[:, :p]), args.backbone)  # (B, P, d)
-        side_image = gather_positions(side_out, index.image_idx)  # (B, Li, d)
-    else:  # no image, or no side branch (VTW): image states stay as they are at the split
-        side_image = gather_positions(hidden, index.image_idx)  # (B, Li, d)
-    image_hidden = side_image  # image states as the deep stack leaves them
-    text_hidden = gather_positions(hidden, index.text_idx)  # (B, Lt, d)
-
     # --- text view: RoPE at the original positions, causal in original order, own padding mask
-    text_position_ids = _gather_or_none(view.position_ids, index.text_idx)  # (B, Lt)
-    text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
+    setup.text_position_ids = _gather_or_none(view.position_ids, index.text_idx)  # (B, Lt)
+    setup.text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
     text_key_valid = index.text_valid
     if view.attention_mask is not None:
         text_key_valid = text_key_valid & gather_positions(view.attention_mask.bool(), index.text_idx)
-    text_mask = None
     if args.first_text_layer is not None:
-        text_mask = create_causal_mask(
+        setup.text_mask = create_causal_mask(
             config=backbone.text_config,
-            inputs_embeds=text_hidden,
+            inputs_embeds=hidden.new_empty(index.text_idx.shape[0], index.text_idx.shape[1], 0),  # (B, Lt, -)
             attention_mask=None if bool(text_key_valid.all()) else text_key_valid,
             cache=args.cache,
             position_ids=None,  # original positions have holes; the mask is causal in view order
             layer_idx=args.first_text_layer,
         )
-    kv_mask = None
     if "kv" in plan.modes:
-        kv_mask = _text_query_full_key_mask(index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config)
+        setup.kv_mask = _text_query_full_key_mask(index, view.attention_mask, hidden.shape[1], hidden.dtype,
+                                                  backbone.text_config)
+    state.text_key_valid = text_key_valid
+    return setup
+
+
+def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int,
+          setup: _DeepSetup | None = None) -> torch.Tensor:
+    """Side branch and deep layers over ``view``; returns the view's hidden states (B, Lv, d)."""
+    plan = args.plan
+    setup = setup or _deep_setup(args, side, view, prune, prompt_len)
+    hidden = view.hidden
     if isinstance(args.cache, RoutedCache):
-        state.text_key_valid = text_key_valid
-        args.cache.routing = state
+        args.cache.routing = setup.state
+    if not plan.deep_layers:  # FastV alone: nothing routed after the pruning
+        return hidden
+    index = setup.index
+
+    # --- split: side branch over the prefix that ends with the last image token
+    if index.has_images and side is not None:
+        p = index.prefix_len
+        cos, sin = view.position_embeddings
+        side_positions = view.position_ids[..., :p] if view.position_ids is not None else None
+        side_out = side(hidden[:, :p], setup.side_mask, side_positions, (cos[:, :p], sin[:, :p]), args.backbone)  # (B, P, d)
+        side_image = gather_positions(side_out, index.image_idx)  # (B, Li, d)
+    else:  # no image, or no side branch (VTW): image states stay as they are at the split
+        side_image = gather_positions(hidden, index.image_idx)  # (B, Li, d)
+    image_hidden = side_image  # image states as the deep stack leaves them
+    text_hidden = gather_positions(hidden, index.text_idx)  # (B, Lt, d)
+    text_position_ids, text_position_embeddings = setup.text_position_ids, setup.text_position_embeddings
+    text_mask, kv_mask = setup.text_mask, setup.kv_mask
 
     for layer_idx in plan.deep_layers:
         mode = plan.modes[layer_idx]

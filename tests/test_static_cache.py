@@ -102,3 +102,32 @@ def test_compiled_decode_equals_eager_token_for_token(variant):
         torch._dynamo.reset()
     assert torch.equal(compiled.sequences, eager.sequences)
     assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-5, atol=1e-6)
+
+
+def test_flash_attention_2_without_the_package_is_one_clear_error():
+    if __import__("importlib").util.find_spec("flash_attn") is not None:
+        pytest.skip("flash_attn is installed here: see test_flash_attention_2_matches_sdpa")
+    base = make_tiny_llava()
+    base.config.text_config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="flash_attn package"):
+        wrap(base, "lf")
+
+
+@pytest.mark.parametrize("variant", ["lf", "kv"])
+def test_flash_attention_2_matches_sdpa(variant):
+    pytest.importorskip("flash_attn")
+    if not torch.cuda.is_available():
+        pytest.skip("flash_attention_2 needs a CUDA device")
+    seqs, pix = cases(make_tiny_llava())["padded"]
+    ids, mask = pad_batch(seqs, "left")
+    outs = {}
+    for attn in ("sdpa", "flash_attention_2"):
+        base = make_tiny_llava(attn=attn).to("cuda", torch.bfloat16)
+        if variant == "kv" and attn == "flash_attention_2":
+            with pytest.raises(ValueError, match="explicit mask"):
+                wrap(base, variant)
+            return
+        model = wrap(base, variant)
+        outs[attn] = model(input_ids=ids.cuda(), attention_mask=mask.cuda(), pixel_values=pix.cuda().bfloat16()).logits
+    m = mask.cuda().bool()
+    assert_close(outs["flash_attention_2"][m].float(), outs["sdpa"][m].float(), rtol=2e-2, atol=2e-2)

@@ -30,7 +30,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from dpvr.config import DPVRConfig
 from dpvr.engine.backbone import backbone_of
 from dpvr.engine.cache import DPVRCache, RoutedCache
-from dpvr.engine.router import routed_decoder_forward
+from dpvr.engine.router import check_attention, routed_decoder_forward
 from dpvr.engine.static_cache import DPVRStaticCache, decode_step
 from dpvr.engine.side_branch import SideBranch
 
@@ -56,6 +56,8 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
         self.backbone = backbone_of(base, route=dpvr_config.route)
         self.plan = dpvr_config.resolve(self.backbone.num_layers, min_split=self.backbone.min_split(),
                                         family=self.backbone.family)
+        if self.plan.routed:
+            check_attention(self.plan, self.text_config)
         self.generation_config = base.generation_config
         self.side_branch = None
         if self.plan.side_depth > 0:

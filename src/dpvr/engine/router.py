@@ -180,7 +180,7 @@ def _deep_setup(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None,
             position_ids=view.mask_position_ids[..., :p] if view.mask_position_ids is not None else None,
         )
     # --- text view: RoPE at the original positions, causal in original order, own padding mask
-    setup.text_position_ids = _gather_or_none(view.position_ids, index.text_idx)  # (B, Lt)
+    setup.text_position_ids = _layer_positions(backbone, _gather_or_none(view.position_ids, index.text_idx))  # (B, Lt)
     setup.text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
     text_key_valid = index.text_valid
     if view.attention_mask is not None:
@@ -300,6 +300,12 @@ def _gather_or_none(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor |
     return None if x is None else gather_positions(x, idx)
 
 
+def _layer_positions(backbone: Backbone, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """Positions a layer receives for a view with holes: none under flash_attention_2, which reads
+    non-contiguous positions as packed sequences (RoPE comes from the gathered embeddings anyway)."""
+    return None if backbone.text_config._attn_implementation == "flash_attention_2" else positions
+
+
 # ----------------------------------------------------------------------------- FastV
 def _run_and_score(args: _LayerArgs, layer_idx: int, view: _View) -> tuple[torch.Tensor, torch.Tensor]:
     """Run layer ``layer_idx`` over ``view`` and return (its output, FastV's score of every key position).
@@ -382,7 +388,7 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
         is_image=gather_positions(view.is_image, idx) & valid,
         valid=valid,
         attention_mask=key_valid,
-        position_ids=_gather_or_none(view.position_ids, idx),
+        position_ids=_layer_positions(args.backbone, _gather_or_none(view.position_ids, idx)),
         position_embeddings=tuple(gather_positions(t, idx) for t in view.position_embeddings),
         mask=mask,
         mask_position_ids=None,
@@ -391,18 +397,42 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
 
 # ----------------------------------------------------------------------------- kv mode
 def _text_query_full_key_mask(index: RoutingIndex, attention_mask, length: int, dtype, text_config):
-    """Mask for text-view queries against full-view keys: key position <= query's original position."""
+    """Mask for text-view queries against full-view keys: key position <= query's original position.
+
+    Additive (0 / dtype min), built once per prefill and shared by every kv layer: sdpa would otherwise
+    convert a boolean mask on every call. It cannot be a causal (``is_causal`` / mask-free) pattern: a
+    text query's visible keys grow by one per query except at an image, where they jump by its length,
+    while a causal pattern grows by exactly one in any key order (scripts/kv_attention_cost.py measures
+    the masked kernel against mask-free ones of the same size).
+    """
     impl = text_config._attn_implementation
     if impl not in ("sdpa", "eager"):
-        raise NotImplementedError(f"variant 'kv' needs an explicit mask; use attn_implementation 'sdpa' or 'eager', not {impl!r}")
+        raise NotImplementedError(_KV_NEEDS_MASK.format(impl=impl))
     keys = torch.arange(length, device=index.text_idx.device)
     allowed = keys[None, None, :] <= index.text_idx[:, :, None]  # (B, Lt, L)
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, :]
     allowed = allowed[:, None]  # (B, 1, Lt, L)
-    if impl == "sdpa":
-        return allowed
     return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
+
+
+def check_attention(plan: ResolvedPlan, text_config) -> None:
+    """Refuse, in one line, an attention implementation this plan cannot run on (called when wrapping)."""
+    impl = text_config._attn_implementation
+    if impl == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash_attn package (CUDA only), "
+                             "which is not importable here: pip install flash-attn, or load the model with "
+                             "attn_implementation='sdpa'")
+        if "kv" in plan.modes:
+            raise ValueError(_KV_NEEDS_MASK.format(impl=impl))
+
+
+_KV_NEEDS_MASK = ("variant 'kv' attends from text queries to every key up to each query's original position, which "
+                  "needs an explicit mask that attn_implementation {impl!r} cannot take; load the model with "
+                  "attn_implementation='sdpa' (or 'eager') for kv — lf, pc, ideal, fastv and vtw run on {impl!r}")
 
 
 def _image_kv_merge(backbone, layer, side_image, index: RoutingIndex, position_embeddings, text_keys, text_values):

@@ -125,6 +125,13 @@ class DPVRStaticCache(RoutedCache, Cache):
             return allowed
         return torch.where(allowed, torch.zeros((), dtype=dtype, device=valid.device), torch.finfo(dtype).min)
 
+    def rewind(self) -> None:
+        """Back to the state right after prefill: the decoded slots are overwritten by the next steps."""
+        if self.decoded:
+            for layer in self.layers:
+                layer.cumulative_length.sub_(self.decoded)  # in place: compiled steps hold its address
+            self.decoded = 0
+
     def check_room(self, q_len: int) -> None:
         if self.decoded + q_len > self.max_new_tokens:
             raise ValueError(f"the static cache has room for {self.max_new_tokens} new tokens and "

@@ -143,7 +143,8 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
     def compile_decode(self, mode: str | None = None, backend: str = "inductor", **options) -> "DPVRModel":
         """``torch.compile`` the decode step used with a `DPVRStaticCache` (``generate(..., dpvr_static_cache=True)``).
 
-        ``mode="reduce-overhead"`` on a GPU replays each step as a CUDA graph. Shapes are fixed
+        ``mode="reduce-overhead"`` on a GPU replays each step as a CUDA graph (``backend="cudagraphs"``: CUDA
+        graphs of the eager kernels, without inductor's code generation, so it compiles in seconds). Shapes are fixed
         (``dynamic=False``): one compilation per batch size. ``compile_decode(backend=None)`` undoes it.
         """
         if backend is None:
@@ -151,7 +152,7 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
             return self
         options.setdefault("dynamic", False)
         self._decode_fn = torch.compile(decode_step, mode=mode, backend=backend, **options)
-        self._decode_graphs = mode in ("reduce-overhead", "max-autotune")
+        self._decode_graphs = mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs"
         return self
 
     def _static_decode(self, input_ids, attention_mask, position_ids, cache: DPVRStaticCache, logits_to_keep, kwargs):

@@ -56,6 +56,7 @@ class DecodeSettings:
     repeats: int = 10
     compile: str = "both"
     compile_mode: str | None = None  # None: "reduce-overhead" on CUDA, torch's default elsewhere
+    compile_backend: str = "inductor"  # or "cudagraphs" (CUDA graphs of eager kernels: fast to compile), "eager", ...
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = 1
@@ -135,7 +136,8 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     methods = make_methods(method_names, cfg.text_config.num_hidden_layers, split, s.num_fusion_layers,
                            s.fusion_layers, s.side_depth, s.fastv_k, s.fastv_ratio, s.vtw_k)
     dims = ShapeDims.from_config(cfg)
-    mode = s.compile_mode if s.compile_mode is not None else ("reduce-overhead" if device.type == "cuda" else None)
+    mode = s.compile_mode if s.compile_mode is not None else (
+        "reduce-overhead" if device.type == "cuda" and s.compile_backend == "inductor" else None)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
 
     entries: list[_Entry] = []
@@ -144,7 +146,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
         if s.compile in ("eager", "both"):
             entries.append(_Entry(m, wrapped, None, m.label))
         if s.compile in ("compiled", "both"):
-            wrapped.compile_decode(mode=mode)
+            wrapped.compile_decode(mode=mode, backend=s.compile_backend)
             entries.append(_Entry(m, wrapped, wrapped._decode_fn, f"{m.label} [compiled]"))
             wrapped.compile_decode(backend=None)
 

@@ -29,8 +29,9 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from dpvr.config import DPVRConfig
 from dpvr.engine.backbone import backbone_of
-from dpvr.engine.cache import DPVRCache
-from dpvr.engine.router import routed_decoder_forward
+from dpvr.engine.cache import DPVRCache, RoutedCache
+from dpvr.engine.router import check_attention, routed_decoder_forward
+from dpvr.engine.static_cache import DPVRStaticCache, decode_step
 from dpvr.engine.side_branch import SideBranch
 
 
@@ -55,6 +56,8 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
         self.backbone = backbone_of(base, route=dpvr_config.route)
         self.plan = dpvr_config.resolve(self.backbone.num_layers, min_split=self.backbone.min_split(),
                                         family=self.backbone.family)
+        if self.plan.routed:
+            check_attention(self.plan, self.text_config)
         self.generation_config = base.generation_config
         self.side_branch = None
         if self.plan.side_depth > 0:
@@ -98,6 +101,10 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
         it). Default: the whole input is the prompt."""
         if "past_key_values" in kwargs:  # older callers
             cache = kwargs.pop("past_key_values")
+        if isinstance(cache, DPVRStaticCache):
+            if cache.prefilled:
+                return self._static_decode(input_ids, attention_mask, position_ids, cache, logits_to_keep, kwargs)
+            cache.prompt_attention_mask = attention_mask
         if not self.plan.routed:
             return self.base(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
@@ -112,7 +119,7 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
             use_cache = bool(getattr(self.text_config, "use_cache", True)) and not self.training
         if use_cache and cache is None:
             cache = DPVRCache(config=self.text_config)
-        if cache is not None and not isinstance(cache, DPVRCache):
+        if cache is not None and not isinstance(cache, RoutedCache):
             raise TypeError(
                 f"a routed DPVR model keeps per-layer cache lengths in a DPVRCache, got {type(cache).__name__}; "
                 "pass cache=None (one is created) or dpvr.DPVRCache(config=model.text_config)"
@@ -132,11 +139,63 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
             )
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
+    # ------------------------------------------------------------------ fixed-shape decode
+    def compile_decode(self, mode: str | None = None, backend: str = "inductor", **options) -> "DPVRModel":
+        """``torch.compile`` the decode step used with a `DPVRStaticCache` (``generate(..., dpvr_static_cache=True)``).
+
+        ``mode="reduce-overhead"`` on a GPU replays each step as a CUDA graph (``backend="cudagraphs"``: CUDA
+        graphs of the eager kernels, without inductor's code generation, so it compiles in seconds). Shapes are fixed
+        (``dynamic=False``): one compilation per batch size. ``compile_decode(backend=None)`` undoes it.
+        """
+        if backend is None:
+            self._decode_fn, self._decode_graphs = None, False
+            return self
+        options.setdefault("dynamic", False)
+        self._decode_fn = torch.compile(decode_step, mode=mode, backend=backend, **options)
+        self._decode_graphs = mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs"
+        return self
+
+    def _static_decode(self, input_ids, attention_mask, position_ids, cache: DPVRStaticCache, logits_to_keep, kwargs):
+        if input_ids is None:
+            raise ValueError("decoding with a DPVRStaticCache needs input_ids")
+        if bool(self.backbone.visual_mask(input_ids).any()):
+            raise ValueError(
+                "image tokens after the prompt: a routed model takes images in the first (prefill) call only; "
+                "suppress the image token in generation (suppress_tokens=[image_token_id])"
+            )
+        q_len = input_ids.shape[1]
+        cache.check_room(q_len)
+        cache.prepare_decode(self.plan)
+        lm = self.backbone.lm_inputs(input_ids, attention_mask, position_ids, cache,
+                                     **{k: v for k, v in kwargs.items() if v is not None})
+        additive = self.text_config._attn_implementation == "eager"
+        fn = getattr(self, "_decode_fn", None) or decode_step
+        if getattr(self, "_decode_graphs", False) and lm.inputs_embeds.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = fn(self.backbone, cache, lm.inputs_embeds, lm.position_ids, additive)
+        if fn is not decode_step:
+            logits = logits.clone()  # a CUDA-graph output is overwritten by the next replay
+        cache.decoded += q_len
+        return CausalLMOutputWithPast(logits=slice_logits_to_keep(logits, logits_to_keep), cache=cache)
+
     # ------------------------------------------------------------------ generation
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate` with a `DPVRCache` (per-layer lengths) when a cache is used."""
+        """`GenerationMixin.generate` with a `DPVRCache` (per-layer lengths) when a cache is used.
+
+        ``dpvr_static_cache=True`` (or ``cache_implementation="static"``) decodes on a `DPVRStaticCache`
+        sized to ``max_new_tokens`` instead: fixed shapes, compiled if `compile_decode` was called.
+        """
         gen_config = kwargs.get("generation_config")
         use_cache = kwargs.get("use_cache", getattr(gen_config, "use_cache", True))
+        static = kwargs.pop("dpvr_static_cache", False)
+        if kwargs.get("cache_implementation") in ("static", "dpvr_static"):
+            static = kwargs.pop("cache_implementation") or True
+        if static and use_cache is not False and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+            max_new = kwargs.get("max_new_tokens") or getattr(gen_config, "max_new_tokens", None) \
+                or self.generation_config.max_new_tokens
+            if not max_new:
+                raise ValueError("a static cache is sized by max_new_tokens: pass generate(..., max_new_tokens=N)")
+            kwargs["cache"] = DPVRStaticCache(self.text_config, max_new_tokens=int(max_new))
         if self.plan.routed and use_cache is not False and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
             kwargs["cache"] = DPVRCache(config=self.text_config)
         if self.plan.prune_layer is not None and use_cache is False and kwargs.get("prompt_len") is None:

@@ -5,6 +5,7 @@
     dpvr bench flops --shape all --text-tokens 128      # LF's saving on every bundled shape
     dpvr bench latency --config cpu-mid --threads 2 --text-tokens 64,128 --out runs/bench/cpu-mid
     dpvr bench latency --config llava-1.5-7b --device cuda --dtype bf16 --batch-sizes 1,8
+    dpvr bench latency --decode --config llava-1.5-7b --device cuda --batch-sizes 1,8,32,64 --repeats 10 --warmup 3
     dpvr bench train --config cpu-mid --methods lf,pc,kv,lora16,full
 
 ``--config`` (or ``--shape``) takes a bundled shape (llava-1.5-7b, llava-1.5-13b, llava-v1.6-mistral-7b,
@@ -112,6 +113,13 @@ def add_parser(subparsers) -> None:
     lat.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     lat.add_argument("--out", default="runs/bench", help="output folder for latency.json/png (default runs/bench)")
     lat.add_argument("--no-plot", action="store_true", help="write only latency.json")
+    lat.add_argument("--decode", action="store_true",
+                     help="decode throughput instead: static per-layer caches, ms/token and tokens/s with their "
+                          "spread, eager and compiled (writes latency-decode.json; --repeats >= 10, --warmup >= 3)")
+    lat.add_argument("--compile", choices=["eager", "compiled", "both"], default="both",
+                     help="--decode: time the eager step, the torch.compile'd one, or both (default both)")
+    lat.add_argument("--compile-mode", default=None,
+                     help="--decode: torch.compile mode (default reduce-overhead on CUDA, torch's default on CPU)")
     _measure_args(lat)
     lat.set_defaults(func=run_latency)
 
@@ -227,8 +235,36 @@ def _run_flops_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_decode(args: argparse.Namespace) -> int:
+    from dpvr.cli import UserError
+    from dpvr.efficiency.decode import DecodeSettings, format_decode_table, measure_decode
+    from dpvr.efficiency.report import write_json_atomic
+
+    device, dtype = _device_and_dtype(args)
+    try:
+        settings = DecodeSettings(
+            batch_sizes=args.batch_sizes, text_tokens=args.text_tokens, new_tokens=args.new_tokens,
+            system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
+            compile_mode=args.compile_mode, dtype=dtype, device=device, threads=args.threads,
+            attn=args.attn_implementation, seed=args.seed, clock=args.clock, split=args.split,
+            num_fusion_layers=args.num_fusion_layers, fusion_layers=args.fusion_layers, side_depth=args.side_depth,
+            fastv_k=args.fastv_k, fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k)
+    except ValueError as err:
+        raise UserError(f"{err} (dpvr bench latency --decode)") from None
+    report = measure_decode(_default_config(args, device), args.methods, settings, progress=not args.quiet)
+    print(f"{report['shape']} {dtype} decode on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
+          f"timing: {report['timing_method']}; compile mode: {report['settings']['compile_mode']}")
+    print(format_decode_table(report))
+    print("ms/token and tokens/s: medians over rounds (IQR = p75 - p25 of ms/token); ratio: paired median against "
+          "vanilla with the same compile setting; cmp/eager: compiled over eager, paired.")
+    print(f"wrote {write_json_atomic(Path(args.out) / 'latency-decode.json', report)}")
+    return 0
+
+
 def run_latency(args: argparse.Namespace) -> int:
     from dpvr.efficiency.latency import LatencySettings, format_latency_table, measure_latency
+    if getattr(args, "decode", False):
+        return run_decode(args)
     from dpvr.efficiency.noise import assess
     from dpvr.efficiency.plots import plot_latency
 

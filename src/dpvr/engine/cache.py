@@ -47,12 +47,11 @@ class RoutingState:
         return kept
 
 
-class DPVRCache(DynamicCache):
-    """A `DynamicCache` whose layers may hold different lengths, plus the routing state of its prompt."""
+class RoutedCache:
+    """Mixin of every cache a routed model decodes with: the routing state of its prompt, kept in step
+    with the cache's batch when beam search or batch selection reorders it."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.routing: RoutingState | None = None
+    routing: RoutingState | None = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -68,6 +67,16 @@ class DPVRCache(DynamicCache):
         super().batch_select_indices(indices)
         if self.routing is not None:
             self.routing = self.routing.select(indices)
+
+
+class DPVRCache(RoutedCache, DynamicCache):
+    """A `DynamicCache` whose layers may hold different lengths, plus the routing state of its prompt.
+
+    For fixed-shape (compiled) decode see `dpvr.engine.static_cache.DPVRStaticCache`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.routing: RoutingState | None = None
 
 
 class ImageKVInjector:

@@ -48,7 +48,7 @@ from transformers.masking_utils import create_causal_mask
 from dpvr.config import ResolvedPlan
 from dpvr.backbones.base import project_kv, project_q
 from dpvr.engine.backbone import Backbone
-from dpvr.engine.cache import DPVRCache, ImageKVInjector, RoutingState
+from dpvr.engine.cache import DPVRCache, ImageKVInjector, RoutedCache, RoutingState
 from dpvr.engine.index import RoutingIndex, gather_positions, merge_views
 from dpvr.engine.side_branch import SideBranch
 
@@ -175,31 +175,48 @@ def _prefill(args: _LayerArgs, side, input_ids, hidden, attention_mask, position
         dropped = gather_positions(view.hidden, prune.image_idx)  # (B, Ld, d): left as they were at the drop
         view = _kept_view(args, view, prune, k)
         first = k
+    # layout-only work first (see _DeepSetup); after FastV's pruning the kept view decides it
+    setup = _deep_setup(args, side, view, prune, prompt_len=input_ids.shape[1])
     for layer_idx in range(first, plan.split):
         view.hidden = args.run_shallow(layer_idx, view) if prune is None else args.run(
             layer_idx, view.hidden, view.mask, view.position_ids, view.position_embeddings)
-    out = _deep(args, side, view, prune, prompt_len=input_ids.shape[1])  # (B, Lv, d)
+    out = _deep(args, side, view, prune, prompt_len=input_ids.shape[1], setup=setup)  # (B, Lv, d)
     return out if prune is None else merge_views(out, dropped, prune)  # (B, L, d)
 
 
-def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int) -> torch.Tensor:
-    """Side branch and deep layers over ``view``; returns the view's hidden states (B, Lv, d)."""
+@dataclass
+class _DeepSetup:
+    """Everything the deep stack needs that depends on the prompt's layout only, not on hidden states.
+
+    Built before the first layer runs (when nothing is pruned), so its host reads (``int``/``bool`` of
+    device tensors: view lengths, whether padding exists) wait on an almost empty device queue instead
+    of draining it between the shallow and the deep stack, where short text-only layers would then be
+    launched from an idle device.
+    """
+
+    state: RoutingState
+    index: RoutingIndex | None = None
+    side_mask: object = None
+    text_position_ids: torch.Tensor | None = None
+    text_position_embeddings: tuple | None = None
+    text_mask: object = None
+    kv_mask: torch.Tensor | None = None
+
+
+def _deep_setup(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int) -> _DeepSetup:
     backbone, plan = args.backbone, args.plan
-    hidden = view.hidden
+    hidden = view.hidden  # used for its shape, dtype and device only
     state = _RoutingState(text_key_valid=None, prompt_len=prompt_len)
     if prune is not None:
         state.kept_key_valid = view.attention_mask if view.attention_mask is not None else prune.text_valid
         state.kept_positions = prune.text_idx
-    if not plan.deep_layers:  # FastV alone: nothing routed after the pruning
-        if isinstance(args.cache, DPVRCache):
-            args.cache.routing = state
-        return hidden
-    index = RoutingIndex.from_mask(view.is_image, view.valid)
-
-    # --- split: side branch over the prefix that ends with the last image token
+    setup = _DeepSetup(state)
+    if not plan.deep_layers:
+        return setup
+    index = setup.index = RoutingIndex.from_mask(view.is_image, view.valid)
     if index.has_images and side is not None:
         p = index.prefix_len
-        side_mask = backbone.attention_masks(
+        setup.side_mask = backbone.attention_masks(
             [plan.split + j for j in range(plan.side_depth)],  # the side layers are copies of these
             inputs_embeds=hidden[:, :p],
             attention_mask=view.attention_mask[:, :p] if view.attention_mask is not None else None,
@@ -221,27 +238,17 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
                 position_ids=None,
             ),
         )
-        cos, sin = view.position_embeddings
-        side_positions = view.position_ids[..., :p] if view.position_ids is not None else None
-        side_out = side(hidden[:, :p], side_mask, side_positions, (cos[:, :p], sin[:, :p]), args.backbone)  # (B, P, d)
-        side_image = gather_positions(side_out, index.image_idx)  # (B, Li, d)
-    else:  # no image, or no side branch (VTW): image states stay as they are at the split
-        side_image = gather_positions(hidden, index.image_idx)  # (B, Li, d)
-    image_hidden = side_image  # image states as the deep stack leaves them
-    text_hidden = gather_positions(hidden, index.text_idx)  # (B, Lt, d)
-
     # --- text view: RoPE at the original positions, causal in original order, own padding mask
-    text_position_ids = _gather_or_none(view.position_ids, index.text_idx)  # (B, Lt)
-    text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
+    setup.text_position_ids = _layer_positions(backbone, _gather_or_none(view.position_ids, index.text_idx))  # (B, Lt)
+    setup.text_position_embeddings = tuple(gather_positions(t, index.text_idx) for t in view.position_embeddings)
     text_key_valid = index.text_valid
     if view.attention_mask is not None:
         text_key_valid = text_key_valid & gather_positions(view.attention_mask.bool(), index.text_idx)
     slots = view.slot_positions()  # (B, Lv) original position of each view slot
     text_positions = gather_positions(slots, index.text_idx)  # (B, Lt)
-    text_mask = None
     if args.first_text_layer is not None:
         args.keep_every_key(args.text_layers)
-        text_mask = backbone.view_masks(
+        setup.text_mask = backbone.view_masks(
             args.text_layers,
             query_positions=text_positions,
             key_positions=text_positions,
@@ -250,18 +257,17 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
             extras=args.extras,
             default=lambda: create_causal_mask(
                 config=backbone.text_config,
-                inputs_embeds=text_hidden,
+                inputs_embeds=hidden.new_empty(index.text_idx.shape[0], index.text_idx.shape[1], 0),  # (B, Lt, -)
                 attention_mask=None if bool(text_key_valid.all()) else text_key_valid,
                 cache=args.cache,
                 position_ids=None,  # original positions have holes; the mask is causal in view order
                 layer_idx=args.first_text_layer,
             ),
         )
-    kv_mask = None
     if "kv" in plan.modes:
         full_key_valid = view.attention_mask.bool() if view.attention_mask is not None else (
             view.valid if view.valid is not None else torch.ones_like(view.is_image))
-        kv_mask = backbone.view_masks(
+        setup.kv_mask = backbone.view_masks(
             plan.layers_with_mode("kv"),
             query_positions=text_positions,
             key_positions=slots,
@@ -271,10 +277,36 @@ def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, promp
             default=lambda: _text_query_full_key_mask(
                 index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config),
         )
-    if isinstance(args.cache, DPVRCache):
-        state.text_key_valid = text_key_valid
-        state.text_positions = text_positions
-        args.cache.routing = state
+    state.text_key_valid = text_key_valid
+    state.text_positions = text_positions
+    return setup
+
+
+def _deep(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None, prompt_len: int,
+          setup: _DeepSetup | None = None) -> torch.Tensor:
+    """Side branch and deep layers over ``view``; returns the view's hidden states (B, Lv, d)."""
+    plan = args.plan
+    setup = setup or _deep_setup(args, side, view, prune, prompt_len)
+    hidden = view.hidden
+    if isinstance(args.cache, RoutedCache):
+        args.cache.routing = setup.state
+    if not plan.deep_layers:  # FastV alone: nothing routed after the pruning
+        return hidden
+    index = setup.index
+
+    # --- split: side branch over the prefix that ends with the last image token
+    if index.has_images and side is not None:
+        p = index.prefix_len
+        cos, sin = view.position_embeddings
+        side_positions = view.position_ids[..., :p] if view.position_ids is not None else None
+        side_out = side(hidden[:, :p], setup.side_mask, side_positions, (cos[:, :p], sin[:, :p]), args.backbone)  # (B, P, d)
+        side_image = gather_positions(side_out, index.image_idx)  # (B, Li, d)
+    else:  # no image, or no side branch (VTW): image states stay as they are at the split
+        side_image = gather_positions(hidden, index.image_idx)  # (B, Li, d)
+    image_hidden = side_image  # image states as the deep stack leaves them
+    text_hidden = gather_positions(hidden, index.text_idx)  # (B, Lt, d)
+    text_position_ids, text_position_embeddings = setup.text_position_ids, setup.text_position_embeddings
+    text_mask, kv_mask = setup.text_mask, setup.kv_mask
 
     for layer_idx in plan.deep_layers:
         mode = plan.modes[layer_idx]
@@ -354,6 +386,12 @@ def _decode(args: _LayerArgs, input_ids, hidden, attention_mask, position_ids, p
 
 def _gather_or_none(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
     return None if x is None else gather_positions(x, idx)
+
+
+def _layer_positions(backbone: Backbone, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """Positions a layer receives for a view with holes: none under flash_attention_2, which reads
+    non-contiguous positions as packed sequences (RoPE comes from the gathered embeddings anyway)."""
+    return None if backbone.text_config._attn_implementation == "flash_attention_2" else positions
 
 
 # ----------------------------------------------------------------------------- FastV
@@ -449,7 +487,7 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
         is_image=gather_positions(view.is_image, idx) & valid,
         valid=valid,
         attention_mask=key_valid,
-        position_ids=_gather_or_none(view.position_ids, idx),
+        position_ids=_layer_positions(args.backbone, _gather_or_none(view.position_ids, idx)),
         position_embeddings=tuple(gather_positions(t, idx) for t in view.position_embeddings),
         mask=mask,
         mask_position_ids=None,
@@ -459,18 +497,42 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
 
 # ----------------------------------------------------------------------------- kv mode
 def _text_query_full_key_mask(index: RoutingIndex, attention_mask, length: int, dtype, text_config):
-    """Mask for text-view queries against full-view keys: key position <= query's original position."""
+    """Mask for text-view queries against full-view keys: key position <= query's original position.
+
+    Additive (0 / dtype min), built once per prefill and shared by every kv layer: sdpa would otherwise
+    convert a boolean mask on every call. It cannot be a causal (``is_causal`` / mask-free) pattern: a
+    text query's visible keys grow by one per query except at an image, where they jump by its length,
+    while a causal pattern grows by exactly one in any key order (scripts/kv_attention_cost.py measures
+    the masked kernel against mask-free ones of the same size).
+    """
     impl = text_config._attn_implementation
     if impl not in ("sdpa", "eager"):
-        raise NotImplementedError(f"variant 'kv' needs an explicit mask; use attn_implementation 'sdpa' or 'eager', not {impl!r}")
+        raise NotImplementedError(_KV_NEEDS_MASK.format(impl=impl))
     keys = torch.arange(length, device=index.text_idx.device)
     allowed = keys[None, None, :] <= index.text_idx[:, :, None]  # (B, Lt, L)
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, :]
     allowed = allowed[:, None]  # (B, 1, Lt, L)
-    if impl == "sdpa":
-        return allowed
     return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
+
+
+def check_attention(plan: ResolvedPlan, text_config) -> None:
+    """Refuse, in one line, an attention implementation this plan cannot run on (called when wrapping)."""
+    impl = text_config._attn_implementation
+    if impl == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation='flash_attention_2' needs the flash_attn package (CUDA only), "
+                             "which is not importable here: pip install flash-attn, or load the model with "
+                             "attn_implementation='sdpa'")
+        if "kv" in plan.modes:
+            raise ValueError(_KV_NEEDS_MASK.format(impl=impl))
+
+
+_KV_NEEDS_MASK = ("variant 'kv' attends from text queries to every key up to each query's original position, which "
+                  "needs an explicit mask that attn_implementation {impl!r} cannot take; load the model with "
+                  "attn_implementation='sdpa' (or 'eager') for kv — lf, pc, ideal, fastv and vtw run on {impl!r}")
 
 
 def _image_kv_merge(backbone, layer, side_image, index: RoutingIndex, position_embeddings, text_keys, text_values):

@@ -1,0 +1,234 @@
+"""Decode throughput on fixed-shape caches: seconds per token and tokens/s of every method, eager and compiled.
+
+Run it as ``dpvr bench latency --decode --config cpu-mid --threads 1 --clock process`` or from Python::
+
+    from dpvr.efficiency.decode import DecodeSettings, measure_decode
+    report = measure_decode("llava-1.5-7b", ["lf"], DecodeSettings(batch_sizes=[8, 64], device="cuda", dtype="bfloat16"))
+
+How it measures:
+
+* one random-weight model of the shape (no download); every method, vanilla included, is a
+  ``dpvr.get_dpvr_model`` wrapper of that base decoding on a `DPVRStaticCache`, so all of them run
+  the same fixed-shape decode step (vanilla's is the unrouted model's own layers and masks);
+* per (batch, text length) each method prefills once (untimed) into a cache with room for
+  ``new_tokens``; a *round* decodes ``new_tokens`` fixed, pre-drawn tokens and rewinds the cache to
+  the prompt (the buffers stay, the next round overwrites them), so every round does the same work;
+* ``compile``: ``eager``, ``compiled`` (``DPVRModel.compile_decode``: ``torch.compile`` of the step,
+  ``compile_mode`` — ``reduce-overhead`` on a GPU is CUDA graphs) or ``both``; eager and compiled runs
+  of a method are separate entries (``lf`` / ``lf [compiled]``);
+* ``warmup`` untimed rounds (compilation happens there), then ``repeats`` timed rounds; in every
+  round each entry runs once, in an order that rotates from round to round (interleaved);
+* timing: CUDA events on a GPU; on CPU ``perf_counter`` or the process's CPU time (``clock``);
+* reported per entry: seconds per token (median, quartiles, min, max, n; ``iqr`` = p75 - p25),
+  tokens/s (batch / seconds per token, same statistics), and the ratio to vanilla of the same
+  compile setting paired within rounds, next to the analytic decode ratio of
+  :mod:`dpvr.efficiency.flops`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
+from dpvr.efficiency.latency import (CLOCKS, DTYPES, Timer, build_random_model, make_inputs, resolve_device,
+                                     summarise, timing_method)
+from dpvr.efficiency.methods import make_methods
+from dpvr.efficiency.report import machine_info
+from dpvr.shapes import default_split, load_shape_config, shape_name
+
+COMPILE_CHOICES = ("eager", "compiled", "both")
+
+
+@dataclass
+class DecodeSettings:
+    """What :func:`measure_decode` runs."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    text_tokens: list[int] = field(default_factory=lambda: [128])
+    new_tokens: int = 16
+    system_tokens: int = DEFAULT_SYSTEM_TOKENS
+    warmup: int = 3
+    repeats: int = 10
+    compile: str = "both"
+    compile_mode: str | None = None  # None: "reduce-overhead" on CUDA, torch's default elsewhere
+    compile_backend: str = "inductor"  # or "cudagraphs" (CUDA graphs of eager kernels: fast to compile), "eager", ...
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = 1
+    attn: str = "sdpa"
+    seed: int = 0
+    clock: str = "wall"
+    split: int | None = None
+    num_fusion_layers: int | None = None
+    fusion_layers: list[int] | None = None
+    side_depth: int = 1
+    fastv_k: int = 2
+    fastv_ratio: float = 0.5
+    vtw_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.warmup < 3 or self.repeats < 10:
+            raise ValueError(f"decode timing needs warmup >= 3 and repeats >= 10 for a spread worth reporting, "
+                             f"got warmup={self.warmup}, repeats={self.repeats}")
+        if self.new_tokens < 1:
+            raise ValueError(f"new_tokens must be >= 1, got {self.new_tokens}")
+        if not self.text_tokens or min(self.text_tokens) < 1:
+            raise ValueError(f"text_tokens must be a non-empty list of positive lengths, got {self.text_tokens}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be a non-empty list of positive sizes, got {self.batch_sizes}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"unknown compile {self.compile!r}: choose one of {', '.join(COMPILE_CHOICES)}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"unknown clock {self.clock!r}: choose one of {', '.join(CLOCKS)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+def _stats(values: list[float]) -> dict:
+    out = summarise(values)
+    if out.get("n"):
+        out["iqr"] = out["p75"] - out["p25"]
+    return out
+
+
+class _Entry:
+    """One timed thing: a method's wrapper, eager or compiled, with its prefilled static cache."""
+
+    def __init__(self, method, model, compiled_fn, label: str):
+        self.method, self.model, self.compiled_fn, self.label = method, model, compiled_fn, label
+        self.cache = None
+
+    def prefill(self, inputs: dict, new_tokens: int) -> None:
+        from dpvr.engine.static_cache import DPVRStaticCache
+
+        self.cache = DPVRStaticCache(self.model.text_config, max_new_tokens=new_tokens)
+        self.model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                   attention_mask=inputs["attention_mask"], cache=self.cache, use_cache=True, logits_to_keep=1)
+
+    def decode(self, tokens: torch.Tensor) -> None:
+        self.model._decode_fn = self.compiled_fn
+        self.model._decode_graphs = self.compiled_fn is not None and tokens.is_cuda
+        for j in range(tokens.shape[1]):
+            self.model(input_ids=tokens[:, j : j + 1], cache=self.cache, use_cache=True)
+        self.cache.rewind()
+
+
+def measure_decode(config, method_names: list[str], settings: DecodeSettings | None = None,
+                   progress: bool = True, model: torch.nn.Module | None = None) -> dict:
+    """Time cached decode of every method (and vanilla) on static caches; returns a JSON-ready report."""
+    from dpvr import get_dpvr_model
+    from dpvr.config import DPVRConfig
+
+    s = settings or DecodeSettings()
+    cfg = load_shape_config(config) if isinstance(config, str) else config
+    device = resolve_device(s.device)
+    dtype = DTYPES[s.dtype]
+    if device.type == "cpu" and s.threads:
+        torch.set_num_threads(s.threads)
+    split = s.split if s.split is not None else default_split(cfg)
+    methods = make_methods(method_names, cfg.text_config.num_hidden_layers, split, s.num_fusion_layers,
+                           s.fusion_layers, s.side_depth, s.fastv_k, s.fastv_ratio, s.vtw_k)
+    dims = ShapeDims.from_config(cfg)
+    mode = s.compile_mode if s.compile_mode is not None else (
+        "reduce-overhead" if device.type == "cuda" and s.compile_backend == "inductor" else None)
+    base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
+
+    entries: list[_Entry] = []
+    for m in methods:
+        wrapped = get_dpvr_model(base, m.dpvr if m.dpvr is not None else DPVRConfig(variant="vanilla")).eval()
+        if s.compile in ("eager", "both"):
+            entries.append(_Entry(m, wrapped, None, m.label))
+        if s.compile in ("compiled", "both"):
+            wrapped.compile_decode(mode=mode, backend=s.compile_backend)
+            entries.append(_Entry(m, wrapped, wrapped._decode_fn, f"{m.label} [compiled]"))
+            wrapped.compile_decode(backend=None)
+
+    results = []
+    total = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats) * len(entries)
+    bar = tqdm(total=total, desc="bench decode", unit="run", disable=not progress)
+    timer = Timer(device, s.clock)
+    with torch.inference_mode():
+        for batch in s.batch_sizes:
+            for t in s.text_tokens:
+                inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed)
+                for e in entries:
+                    e.prefill(inputs, s.new_tokens)
+                per_token = {e.label: [] for e in entries}
+                for rnd in range(s.warmup + s.repeats):
+                    shift = rnd % len(entries)
+                    for e in entries[shift:] + entries[:shift]:
+                        _, sec = timer(e.decode, inputs["decode_tokens"][:, : s.new_tokens])
+                        if rnd >= s.warmup:
+                            per_token[e.label].append(sec / s.new_tokens)
+                        bar.update()
+                analytic = {r["label"]: r for r in compare(dims, methods, [t], s.system_tokens, 1, batch, s.new_tokens,
+                                                           torch.empty((), dtype=dtype).element_size())}
+                results.extend(_rows(entries, per_token, analytic, batch, t, int(inputs["input_ids"].shape[1])))
+                for e in entries:
+                    e.cache = None
+    bar.close()
+    return {
+        "kind": "latency-decode",
+        "shape": shape_name(cfg),
+        "dims": asdict(dims),
+        "settings": asdict(s) | {"split": split, "compile_mode": mode},
+        "methods": [{"name": m.name, "label": m.label, "dpvr": m.dpvr.to_dict() if m.dpvr else None} for m in methods],
+        "machine": machine_info(device),
+        "timing_method": timing_method(device, s.clock),
+        "cache": "DPVRStaticCache (per-layer preallocated), rewound to the prompt after every round",
+        "results": results,
+    }
+
+
+def _rows(entries, per_token, analytic, batch, t, prompt_tokens) -> list[dict]:
+    rows = []
+    for e in entries:
+        compiled = e.compiled_fn is not None
+        ref = next(x for x in entries if x.method.name == "vanilla" and (x.compiled_fn is not None) == compiled)
+        paired = [a / b for a, b in zip(per_token[e.label], per_token[ref.label]) if b > 0]
+        eager_twin = next((x for x in entries if x.method.label == e.method.label and x.compiled_fn is None), None)
+        vs_eager = None
+        if compiled and eager_twin is not None:
+            vs_eager = statistics.median(a / b for a, b in zip(per_token[e.label], per_token[eager_twin.label]))
+        a = analytic.get(e.method.label, {})
+        rows.append({
+            "method": e.method.name,
+            "label": e.label,
+            "compiled": compiled,
+            "batch": batch,
+            "text_tokens": t,
+            "prompt_tokens": prompt_tokens,
+            "s_per_token": _stats(per_token[e.label]),
+            "tokens_per_s": _stats([batch / x for x in per_token[e.label]]),
+            "ratio_to_vanilla": statistics.median(paired) if paired else None,
+            "ratio_to_vanilla_p25_p75": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))]
+            if paired else None,
+            "compiled_over_eager": vs_eager,
+            "analytic_decode_ratio": a.get("decode_per_token_ratio"),
+        })
+    return rows
+
+
+def format_decode_table(report: dict) -> str:
+    """A plain-text table of a :func:`measure_decode` report."""
+    head = (f"{'batch':>5} {'text':>5} {'method':<24} {'ms/token':>9} {'IQR':>7} {'tokens/s':>9} {'ratio':>6} "
+            f"{'p25-p75':>11} {'analytic':>8} {'cmp/eager':>9}")
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        sp, iqr = r["s_per_token"], r["ratio_to_vanilla_p25_p75"]
+        lines.append(
+            f"{r['batch']:>5} {r['text_tokens']:>5} {r['label']:<24} {sp['median'] * 1e3:>9.3f} {sp['iqr'] * 1e3:>7.3f} "
+            f"{r['tokens_per_s']['median']:>9.1f} {r['ratio_to_vanilla']:>6.3f} "
+            f"{iqr[0]:>5.3f}-{iqr[1]:<5.3f} {_f(r['analytic_decode_ratio']):>8} {_f(r['compiled_over_eager']):>9}")
+    return "\n".join(lines)
+
+
+def _f(x) -> str:
+    return "" if x is None else f"{x:.3f}"

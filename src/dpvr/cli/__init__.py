@@ -12,7 +12,7 @@ import os
 import sys
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep"]
+SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep", "adapter"]
 
 
 class UserError(Exception):

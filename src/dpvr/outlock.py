@@ -117,6 +117,11 @@ def output_lock(out: str | Path, flag: str = "--out"):
         finally:
             _held[key] -= 1
         return
+    created = []
+    probe = Path(os.path.abspath(out))
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
     try:
         lock = acquire(out)
     except OSError as err:
@@ -125,19 +130,20 @@ def output_lock(out: str | Path, flag: str = "--out"):
     if lock is None:
         raise OutputBusy(f"{flag} {out} is in use by another dpvr process ({_holder(Path(key))}); "
                          f"wait for it to finish or choose another {flag}")
-    created = []
-    probe = Path(os.path.abspath(out))
-    while not probe.exists():
-        created.append(probe)
-        probe = probe.parent
     _held[key] = 1
     try:
         yield out
     except BaseException:
+        _release(key, lock)
+        if Path(key).parent in created:  # the lock file sits in a folder this run created: it goes too
+            Path(key).unlink(missing_ok=True)
         for folder in created:  # innermost first: only what this run created, only if left empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    finally:
-        del _held[key]
-        lock.release()
+    _release(key, lock)
+
+
+def _release(key: str, lock: FileLock) -> None:
+    del _held[key]
+    lock.release()

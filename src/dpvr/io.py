@@ -195,8 +195,8 @@ def commit_unit(out: str | Path, staging: str | Path, names: list[str]) -> None:
     done: list[dict] = []
     try:
         for entry in entries:
+            done.append(entry)  # before the move: a move cut half-way is undone too
             _move_entry(out, staging, entry)
-            done.append(entry)
     except BaseException:
         try:
             for entry in reversed(done):
@@ -231,16 +231,23 @@ def _move_entry(out: Path, staging: Path, entry: dict) -> None:
 
 
 def _undo_entry(out: Path, staging: Path, entry: dict) -> None:
-    name, dst = entry["name"], out / entry["name"]
-    old = staging / _old_name(entry)
-    if old.exists():
-        if not exchange(old, dst):
-            os.rename(dst, staging / name)
+    """Put the old ``out/<name>`` back (whatever step of ``_move_entry`` was reached); the new one back to staging."""
+    name, dst, old = entry["name"], out / entry["name"], staging / _old_name(entry)
+    if not dst.exists():  # cut between the two renames of the fallback
+        if old.exists():
             os.rename(old, dst)
-            return
-        os.rename(old, staging / name)
-    elif dst.exists() and not entry["had_old"]:
+        return
+    if os.lstat(dst).st_ino != entry["ino"]:
+        return  # the new entry never got there
+    if not old.exists() and (staging / name).exists():
+        old = staging / name  # exchanged, not yet renamed aside
+    if not old.exists():  # there was no old entry
         os.rename(dst, staging / name)
+        return
+    if not exchange(old, dst):
+        aside = staging / f".new-{name}"
+        os.rename(dst, aside)
+        os.rename(old, dst)
 
 
 def discard_staging(staging: str | Path) -> None:

@@ -105,6 +105,16 @@ def read_loss_state(checkpoint: str | Path) -> dict | None:
         return None
 
 
+def finished_state(checkpoint: str | Path) -> dict | None:
+    """The checkpoint's trainer state if it is the last step of its run (nothing left to train), else None."""
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    steps, total = state.get("global_step"), state.get("max_steps")
+    return state if isinstance(steps, int) and isinstance(total, int) and 0 < total <= steps else None
+
+
 def loss_rows(log_history: list[dict]) -> list[dict]:
     """The training loss rows of ``loss.jsonl`` from the Trainer's log history (resumed runs included)."""
     return [{"stage": "train", "step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
@@ -112,4 +122,4 @@ def loss_rows(log_history: list[dict]) -> list[dict]:
 
 
 __all__ = ["MARKER", "write_marker", "check_complete", "latest_complete", "loss_state", "RestoreLossState",
-           "read_loss_state", "loss_rows"]
+           "read_loss_state", "finished_state", "loss_rows"]

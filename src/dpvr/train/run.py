@@ -110,6 +110,8 @@ class _Trainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         state = ckpt.loss_state(self)
+        probe = next((c for c in self.callback_handler.callbacks if isinstance(c, _GradProbe)), None)
+        state["first_step_gradient"] = probe.first_step if probe else None
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
@@ -246,13 +248,24 @@ def _train(args: TrainArgs, out: Path) -> dict:
     probe = _GradProbe()
     trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=DataCollator(pad_id),
                        callbacks=[probe])
-    trainer.add_callback(ckpt.RestoreLossState(trainer, ckpt.read_loss_state(resume) if resume else None))
+    saved = ckpt.read_loss_state(resume) if resume else None
+    trainer.add_callback(ckpt.RestoreLossState(trainer, saved))
+    if saved:
+        probe.first_step = saved.get("first_step_gradient")  # measured at step 1, before the interruption
     # Held-out loss outside the Trainer: evaluating through it before train() leaves the model marked as
     # prepared, and train() then skips the DDP wrap in multi-process runs.
     collator = DataCollator(pad_id)
     eval_before = heldout_loss(model, eval_set, collator, args.batch_size)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    finished = ckpt.finished_state(resume) if resume else None
+    if finished:  # the checkpoint is the run's last step (a kill after it): HF would train one step more
+        trainer._load_from_checkpoint(resume)
+        trainer.state.log_history = finished["log_history"]
+        global_step = finished["global_step"]
+        total_loss = (saved or {}).get("total_loss_scalar", float("nan")) + (saved or {}).get("pending", 0.0)
+    else:
+        result = trainer.train(resume_from_checkpoint=resume)
+        global_step, total_loss = result.global_step, trainer._total_loss_scalar
     wall = time.perf_counter() - start
     eval_after = heldout_loss(model, eval_set, collator, args.batch_size)
 
@@ -264,14 +277,14 @@ def _train(args: TrainArgs, out: Path) -> dict:
         "train_records": len(train_set),
         "skipped_records": len(train_set.skipped),
         "eval_records": len(eval_set),
-        "global_steps": result.global_step,
+        "global_steps": global_step,
         # the mean over every step of the run, resumed ones included (HF averages the steps of this call only)
-        "train_loss": trainer._total_loss_scalar / max(result.global_step, 0.001),
+        "train_loss": total_loss / max(global_step, 0.001),
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "first_step_gradient": probe.first_step,
         "wall_seconds": wall,
-        "steps_per_second": result.global_step / wall if wall > 0 else None,
+        "steps_per_second": global_step / wall if wall > 0 else None,
         "model": model_dir,
         "data": data_path,
     }

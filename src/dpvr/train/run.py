@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from dpvr.adapter import load_side_branch_weights, write_adapter_files
 from dpvr.config import DPVRConfig
 from dpvr.io import commit_unit, discard_staging, recover_units, staging_dir, write_json_atomic, write_text_atomic
 from dpvr.model import DPVRModel, get_dpvr_model
-from dpvr.outlock import output_lock
+from dpvr.outlock import check_out, output_lock
 from dpvr.train import checkpoints as ckpt
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
@@ -194,6 +195,9 @@ def train(args: TrainArgs) -> dict:
     one unit at the end, so a kill leaves the previous run's outputs (and the checkpoints) intact.
     """
     out = Path(args.out)
+    if int(os.environ.get("RANK", "0")) != 0:  # the other processes of one multi-process run share rank 0's lock
+        check_out(out)
+        return _train(args, out)
     with output_lock(out):
         recover_units(out, "train")
         return _train(args, out)

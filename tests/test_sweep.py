@@ -89,15 +89,14 @@ def test_sweep_runs_resumes_and_reports(tiny_dir, tmp_path):
 
 
 def test_locked_points_are_skipped_and_stale_locks_taken_over(tiny_dir, tmp_path):
+    from outlock_helpers import hold_lock
+
     points = expand_grid(parse_grid(["split=1,2"]), ["lf"], [0])
     out = tmp_path / "sweep"
-    busy = out / "points" / points[0].name
-    busy.mkdir(parents=True)
-    (busy / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))  # a live holder
-    dead = out / "points" / points[1].name
-    dead.mkdir(parents=True)
-    (dead / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))  # no such process
-    records = run_sweep(points, settings_for(tiny_dir, out), evaluate_fn=fake_accuracy, progress=False)
+    (out / "points").mkdir(parents=True)
+    (out / "points" / f".{points[1].name}.lock").write_text("")  # a kill between creating and writing it
+    with hold_lock(out / "points" / points[0].name):  # a live holder in another process
+        records = run_sweep(points, settings_for(tiny_dir, out), evaluate_fn=fake_accuracy, progress=False)
     assert [r["name"] for r in records] == [points[1].name]
 
 

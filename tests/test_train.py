@@ -93,6 +93,27 @@ def test_resume_gives_the_same_final_weights(tiny_dir, tmp_path):
         torch.testing.assert_close(resumed[k], full[k])
 
 
+def test_resume_latest_skips_a_partial_checkpoint_and_reports_the_uninterrupted_loss(tiny_dir, tmp_path):
+    """Newest checkpoint partial (trainer_state.json gone, optimizer truncated): resume from the last complete
+    one; result.json's train_loss and the loss rows equal the uninterrupted run's (logging not aligned with saving)."""
+    kw = dict(max_steps=6, save_steps=2, logging_steps=3)
+    full = train(args_for(tiny_dir, tmp_path / "full", **kw))
+    train(args_for(tiny_dir, tmp_path / "part", **kw))
+    ckpts = tmp_path / "part" / "checkpoints"
+    shutil.rmtree(ckpts / "checkpoint-6")
+    (ckpts / "checkpoint-4" / "trainer_state.json").unlink()
+    opt = ckpts / "checkpoint-4" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:100])
+    with pytest.raises(ValueError, match="checkpoint-4 is incomplete"):
+        train(args_for(tiny_dir, tmp_path / "part", resume=str(ckpts / "checkpoint-4"), **kw))
+    resumed = train(args_for(tiny_dir, tmp_path / "part", resume="latest", **kw))
+    assert resumed["train_loss"] == full["train_loss"]
+    rows = lambda run: (tmp_path / run / "loss.jsonl").read_text()  # noqa: E731
+    assert rows("part") == rows("full") and rows("full").count('"train"') == 2
+    for k, v in side_weights(tmp_path / "full").items():
+        assert torch.equal(side_weights(tmp_path / "part")[k], v)
+
+
 def test_ideal_variant_reports_zero_gradient_and_why(tiny_dir, tmp_path, capsys):
     summary = train(args_for(tiny_dir, tmp_path / "ideal", variant="ideal", max_steps=1))
     assert summary["first_step_gradient"]["nonzero_grad_elements"] == 0
@@ -127,8 +148,11 @@ def test_bad_input_is_a_clear_error(tiny_dir, tmp_path):
     assert summary["skipped_records"] + summary["train_records"] + summary["eval_records"] == 13
     locked = tmp_path / "locked"
     locked.write_text("a file, not a folder")
-    with pytest.raises(ValueError, match="cannot write to the output folder"):
+    with pytest.raises(ValueError, match="cannot be created.*is a file"):
         train(args_for(tiny_dir, locked / "out"))
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        train(args_for(tiny_dir, locked))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()  # failed runs leave no empty --out
 
 
 @pytest.mark.slow

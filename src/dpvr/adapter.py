@@ -3,26 +3,44 @@
 ``dpvr_config.json`` records the dpvr version, the `DPVRConfig`, and the base model's name and
 fingerprint (architecture, layer count, hidden size, vocabulary, image token, and a checksum of a
 few frozen tensors rounded to bfloat16 so that fp32 and bf16 loads of one checkpoint agree).
-Loading refuses an adapter made for another base. Saving writes a complete directory next to the
-target and swaps it in, so an interrupted save never leaves a half-written adapter behind.
+Loading refuses an adapter made for another base.
+
+Integrity (format 2): ``dpvr_config.json`` carries a manifest, ``integrity``: the sha256 and size
+of the weights file and the sha256 of the config itself (its canonical JSON without the manifest).
+Loading refuses a config edited by hand (re-sign a deliberate edit with ``dpvr adapter rehash
+DIR``), weights that are not the ones saved with it, non-finite weights, and a ``format_version``
+newer than this dpvr knows. Adapters of format 1 (no manifest) still load, with one warning.
+
+Saving writes a complete folder next to the target and swaps it in with one atomic exchange
+(``dpvr.io.swap_in``): at every instant the target is the complete old or the complete new adapter.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from dpvr.io import make_temp_dir, recover, swap_in, write_bytes_atomic
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "dpvr_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INTEGRITY_KEY = "integrity"
+REHASH_HINT = "if you edited it on purpose, re-sign it with `dpvr adapter rehash {dir}`"
+
+log = logging.getLogger(__name__)
+
+
+class AdapterIntegrityError(ValueError):
+    """The adapter's files do not match its manifest (edited, swapped, truncated or non-finite)."""
 
 
 def base_fingerprint(base) -> dict:
@@ -73,45 +91,69 @@ def adapter_files(model) -> tuple[dict, dict]:
     return state, meta
 
 
+def config_digest(meta: dict) -> str:
+    """sha256 of the config's canonical JSON, the manifest itself left out."""
+    body = {k: v for k, v in meta.items() if k != INTEGRITY_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()).hexdigest()
+
+
+def sign(meta: dict, weights: bytes) -> dict:
+    """``meta`` with its manifest: the weights file's sha256 and size, and the config's own digest."""
+    meta = {k: v for k, v in meta.items() if k != INTEGRITY_KEY}
+    meta[INTEGRITY_KEY] = {
+        "files": {WEIGHTS_NAME: {"sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)}},
+        "config_sha256": config_digest(meta),
+    }
+    return meta
+
+
+def _config_text(meta: dict) -> str:
+    return json.dumps(meta, indent=2, sort_keys=True) + "\n"
+
+
 def write_adapter_files(model, directory: str | Path) -> Path:
-    """Write the adapter's two files into an existing folder, each through a temp file and a rename."""
+    """Write the adapter's two files into a folder, each atomically; the config (and its manifest) last."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state, meta = adapter_files(model)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        tmp = directory / f".{name}.tmp"
-        if name == WEIGHTS_NAME:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        else:
-            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, directory / name)
+    weights = save_safetensors(state, metadata={"format": "pt"})
+    write_bytes_atomic(directory / WEIGHTS_NAME, weights)
+    write_bytes_atomic(directory / CONFIG_NAME, _config_text(sign(meta, weights)).encode())
     return directory
 
 
 def save_adapter(model, save_directory: str | Path) -> Path:
-    """Write a complete adapter folder next to the target, then swap it in."""
+    """Write a complete adapter folder next to the target, then swap it in atomically."""
     target = Path(save_directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory; choose another output path")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    recover(target)  # leftovers of an interrupted save
+    staging = make_temp_dir(target.parent, f".{target.name}.tmp-")
     try:
         write_adapter_files(model, staging)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "adapter")
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
 
 
-def read_adapter_config(adapter_dir: str | Path) -> dict:
+def rehash_adapter(adapter_dir: str | Path) -> dict:
+    """Re-sign ``adapter_dir`` after a deliberate edit: recompute its manifest from the files as they are."""
     adapter_dir = Path(adapter_dir)
+    meta = _read_meta(adapter_dir)
+    weights_path = adapter_dir / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} is missing; nothing to sign")
+    meta["format_version"] = FORMAT_VERSION
+    signed = sign(meta, weights_path.read_bytes())
+    write_bytes_atomic(adapter_dir / CONFIG_NAME, _config_text(signed).encode())
+    return signed
+
+
+def _read_meta(adapter_dir: Path) -> dict:
+    if not adapter_dir.exists():
+        recover(adapter_dir)  # a save interrupted between its two renames (file systems without exchange)
     if not adapter_dir.is_dir():
         raise FileNotFoundError(f"adapter directory {adapter_dir} does not exist; pass the folder written by save_pretrained")
     path = adapter_dir / CONFIG_NAME
@@ -119,11 +161,51 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path} is missing: {adapter_dir} is not a dpvr adapter (save one with model.save_pretrained)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the adapter is corrupt, save it again") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the adapter is corrupt, save it again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not an object; the adapter is corrupt, save it again")
+    return meta
+
+
+def check_integrity(adapter_dir: str | Path, meta: dict) -> str | None:
+    """Check the format version and the config's digest; return the weights' expected sha256 (None: format 1)."""
+    path = Path(adapter_dir) / CONFIG_NAME
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise AdapterIntegrityError(f"{path}: format_version {version!r} is not a positive integer; the adapter is "
+                                    "corrupt or edited, " + REHASH_HINT.format(dir=adapter_dir))
+    if version > FORMAT_VERSION:
+        from dpvr import __version__
+
+        raise AdapterIntegrityError(f"{path} has format_version {version}, newer than this dpvr {__version__} reads "
+                                    f"(up to {FORMAT_VERSION}); upgrade dpvr (pip install -U dpvr) to load it")
+    integrity = meta.get(INTEGRITY_KEY)
+    if version == 1 and integrity is None:
+        log.warning("%s has no integrity manifest (an adapter saved before dpvr format 2): loading it unchecked; "
+                    "sign it with `dpvr adapter rehash %s`", path, adapter_dir)
+        return None
+    try:
+        expected_config = integrity["config_sha256"]
+        expected_weights = integrity["files"][WEIGHTS_NAME]["sha256"]
+    except (TypeError, KeyError):
+        raise AdapterIntegrityError(f"{path}: its integrity manifest is missing or incomplete, so the adapter cannot "
+                                    "be checked; " + REHASH_HINT.format(dir=adapter_dir)) from None
+    if config_digest(meta) != expected_config:
+        raise AdapterIntegrityError(f"{path} was edited after it was saved (its content no longer matches the "
+                                    "checksum written at save time); save the adapter again, or "
+                                    + REHASH_HINT.format(dir=adapter_dir))
+    return expected_weights
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """``dpvr_config.json`` of ``adapter_dir``, after checking its format version and manifest."""
+    adapter_dir = Path(adapter_dir)
+    meta = _read_meta(adapter_dir)
+    check_integrity(adapter_dir, meta)
     for key in ("dpvr_config", "base_model"):
         if key not in meta:
-            raise ValueError(f"{path} has no {key!r} entry; the adapter is corrupt or from another tool")
+            raise ValueError(f"{adapter_dir / CONFIG_NAME} has no {key!r} entry; the adapter is corrupt or from another tool")
     return meta
 
 
@@ -149,14 +231,26 @@ def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):
 
 
 def load_side_branch_weights(model, adapter_dir: str | Path) -> None:
-    """Load ``adapter_model.safetensors`` from ``adapter_dir`` into ``model.side_branch`` (strict)."""
+    """Load ``adapter_model.safetensors`` from ``adapter_dir`` into ``model.side_branch`` (strict).
+
+    The file must match the sha256 in the folder's manifest (when it has one) and hold finite values.
+    """
     config = model.dpvr_config
-    weights = Path(adapter_dir) / WEIGHTS_NAME
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; the adapter is incomplete, save it again")
+    expected = None
+    if (adapter_dir / CONFIG_NAME).is_file():
+        expected = check_integrity(adapter_dir, _read_meta(adapter_dir))
+    data = weights.read_bytes()
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise AdapterIntegrityError(
+            f"{weights} is not the weights file saved with {adapter_dir / CONFIG_NAME} (sha256 differs: replaced, "
+            f"truncated or modified); save the adapter again, or " + REHASH_HINT.format(dir=adapter_dir))
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
+        state = load_safetensors(data)
+    except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights} cannot be read ({err}); the adapter is corrupt, save it again") from err
     own = {f"side_branch.{k}": v for k, v in model.side_branch.state_dict().items()}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -168,4 +262,11 @@ def load_side_branch_weights(model, adapter_dir: str | Path) -> None:
     bad_shapes = [k for k in own if own[k].shape != state[k].shape]
     if bad_shapes:
         raise ValueError(f"{weights} has tensors of the wrong shape for this base: {bad_shapes[:3]}")
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise AdapterIntegrityError(
+            f"{weights} holds {sum(bad.values()):,d} non-finite values (NaN/inf, first in {first}); the adapter is "
+            "unusable (a diverged training or a corrupt file): retrain it or load another")
     model.side_branch.load_state_dict({k[len("side_branch."):]: v for k, v in state.items()}, strict=True)

@@ -7,10 +7,11 @@ Regenerate from a saved analysis without rerunning the model::
 
 from __future__ import annotations
 
-import os
+import io
 import sys
-import tempfile
 from pathlib import Path
+
+from dpvr.io import write_bytes_atomic
 
 VISION, TEXT, SPLIT = "#d62728", "#1f77b4", "black"
 
@@ -110,16 +111,12 @@ def plot_saturation(data: dict, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, format="png", dpi=120)
     finally:
         plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())  # temp file with the usual mode, then a rename
     return path
 
 

@@ -13,8 +13,6 @@ is reduced to per-sample numbers inside forward hooks and accumulated (count, su
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,26 +281,23 @@ def write_outputs(result: SaturationResult, out_dir: str | Path, plot: bool = Tr
     Both are rendered to temporary files first and renamed at the end, so a failure leaves no
     half-written output (and no figure without its JSON).
     """
+    from dpvr.io import commit_unit, discard_staging, staging_dir
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_dict()
     paths = {"json": out / "saturation.json"}
-    tmp_png = None
+    staging = staging_dir(out, "analyze")
     try:
         if plot:
             from dpvr.analysis.plot import plot_saturation
 
             paths["png"] = out / "saturation.png"
-            fd, tmp_png = tempfile.mkstemp(dir=out, prefix=".saturation.png.", suffix=".tmp")
-            os.close(fd)
-            plot_saturation(data, tmp_png)
-        write_json_atomic(paths["json"], data)
-        if tmp_png is not None:
-            os.replace(tmp_png, paths["png"])
-            tmp_png = None
+            plot_saturation(data, staging / "saturation.png")
+        write_json_atomic(staging / "saturation.json", data)
+        commit_unit(out, staging, [p.name for p in paths.values()][::-1])  # the JSON last
     finally:
-        if tmp_png is not None:
-            Path(tmp_png).unlink(missing_ok=True)
+        discard_staging(staging)
     return paths
 
 
@@ -312,7 +307,24 @@ def write_outputs(result: SaturationResult, out_dir: str | Path, plot: bool = Tr
 from dpvr.loading import load_model as load_model_and_processor  # noqa: E402
 
 
-def run_analysis(
+def run_analysis(model: str | Path | None = None, data: str | Path | None = None,
+                 image_folder: str | Path | None = None, out_dir: str | Path = "runs/analyze", **kwargs
+                 ) -> tuple[SaturationResult, dict[str, Path]]:
+    """Load, analyse and write ``saturation.json`` / ``saturation.png`` (what ``dpvr analyze`` runs).
+
+    ``model``/``data``/``image_folder`` default to the embedded tiny model and its generated
+    training data; ``adapter`` adds the mechanism checks of a trained DPVR adapter. Holds
+    ``out_dir``'s lock; the two files are committed together at the end.
+    """
+    from dpvr.io import recover_units
+    from dpvr.outlock import output_lock
+
+    with output_lock(out_dir):
+        recover_units(out_dir, "analyze")
+        return _run_analysis(model, data, image_folder, out_dir, **kwargs)
+
+
+def _run_analysis(
     model: str | Path | None = None,
     data: str | Path | None = None,
     image_folder: str | Path | None = None,
@@ -333,11 +345,6 @@ def run_analysis(
     plot: bool = True,
     progress: bool = True,
 ) -> tuple[SaturationResult, dict[str, Path]]:
-    """Load, analyse and write ``saturation.json`` / ``saturation.png`` (what ``dpvr analyze`` runs).
-
-    ``model``/``data``/``image_folder`` default to the embedded tiny model and its generated
-    training data; ``adapter`` adds the mechanism checks of a trained DPVR adapter.
-    """
     from dpvr.analysis.data import check_images, iter_samples, load_records, select_records
 
     if num_samples < 1:

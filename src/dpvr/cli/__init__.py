@@ -19,7 +19,7 @@ import sys
 from dpvr.cli import help as help_format
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep"]
+SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep", "adapter"]
 
 
 class UserError(Exception):

@@ -168,6 +168,10 @@ def _write(out: str, stem: str, report: dict, plot_fn, no_plot: bool) -> list[Pa
 
 
 def run_flops(args: argparse.Namespace) -> int:
+    from dpvr.outlock import check_out
+
+    check_out(args.out)  # a file or a read-only folder: one line before any work
+
     import torch
 
     from dpvr.cli import UserError
@@ -262,6 +266,10 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_latency(args: argparse.Namespace) -> int:
+    from dpvr.outlock import check_out
+
+    check_out(args.out)  # a file or a read-only folder: one line before any work
+
     from dpvr.efficiency.latency import LatencySettings, format_latency_table, measure_latency
     if getattr(args, "decode", False):
         return run_decode(args)
@@ -292,6 +300,10 @@ def run_latency(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dpvr.outlock import check_out
+
+    check_out(args.out)  # a file or a read-only folder: one line before any work
+
     from dpvr.efficiency.plots import plot_train
     from dpvr.efficiency.train import TrainSettings, format_train_table, measure_training
 

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -293,20 +292,22 @@ def generate_dataset(out: str | os.PathLike, seed: int = 0, num_train: int = 200
     Extra keyword arguments go to :class:`DataConfig`. Raises ``FileExistsError`` if ``out``
     exists and is not empty, unless ``overwrite``.
     """
+    from dpvr.io import make_temp_dir, recover, swap_in
+    from dpvr.outlock import output_lock
+
     cfg = DataConfig(seed=seed, num_train=num_train, num_test_per_family=num_test_per_family, **kwargs)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        manifest = _write_tree(cfg, tmp, progress)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(out):  # the lock sits beside ``out``, so it survives the swap below
+        recover(out)  # leftovers of an interrupted run
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+        try:
+            manifest = _write_tree(cfg, tmp, progress)
+            swap_in(tmp, out)  # one atomic exchange: ``out`` is the complete old or the complete new dataset
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return manifest
 
 

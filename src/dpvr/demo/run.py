@@ -64,7 +64,17 @@ def _resolve(s: DemoSettings) -> tuple[str, str, str]:
 
 
 def run_demo(s: DemoSettings, log=print) -> dict:
-    """Run (or reuse) every stage and write the report; returns report.json's dict."""
+    """Run (or reuse) every stage and write the report; returns report.json's dict.
+
+    Holds ``s.out``'s lock: a second demo into the same folder is refused (each stage also locks its own).
+    """
+    from dpvr.outlock import output_lock
+
+    with output_lock(s.out):
+        return _run_demo(s, log)
+
+
+def _run_demo(s: DemoSettings, log) -> dict:
     from dpvr.demo.timing import Estimator
 
     out = Path(s.out)

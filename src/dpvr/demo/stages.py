@@ -44,6 +44,7 @@ def run_stage(name: str, folder: Path, settings: dict, fn: Callable[[], dict], l
                 timings[name] = {"seconds": done.get("seconds"), "reused": True}
             return done["result"]
         log(f"[{name}] settings changed since the last run: redoing it")
+        marker.unlink()  # a kill while redoing must not leave the old marker beside new outputs
     log(f"[{name}] running ...")
     start = time.perf_counter()
     try:

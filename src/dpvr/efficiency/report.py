@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,18 +17,15 @@ def write_json_atomic(path: str | Path, data) -> Path:
 
 
 def save_figure_atomic(fig, path: str | Path, **kwargs) -> Path:
-    """``fig.savefig`` to a temporary file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``fig.savefig`` to memory, then written beside ``path`` and renamed (the file gets the usual mode)."""
+    import io
+
+    from dpvr.io import write_bytes_atomic
+
+    buf = io.BytesIO()
+    kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    fig.savefig(buf, **kwargs)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:

@@ -81,7 +81,8 @@ def benchmark_dir(cache_dir: str | os.PathLike | None = None, progress: bool = T
     root = Path(cache_dir) if cache_dir else cache_root() / f"data-{cfg.seed}-{want[:12]}"
     manifest = root / "manifest.json"
     if not manifest.exists():
-        with _exclusive(root.parent / f".{root.name}.lock"):  # several processes (sweep shards) at once
+        # several processes (sweep shards) wait here; generate_dataset's own lock is ``.<name>.lock``
+        with _exclusive(root.parent / f".{root.name}.generate-lock"):
             if not manifest.exists():
                 generate_dataset(root, overwrite=True, progress=progress, **info["config"]["data"])
     got = hashlib.sha256(manifest.read_bytes()).hexdigest()

@@ -23,9 +23,7 @@ import contextlib
 import os
 import platform
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +37,8 @@ from dpvr.evaluation.loading import check_method, load_base, load_method
 from dpvr.evaluation.methods import MethodSpec, check_unique_labels, parse_method
 from dpvr.evaluation.metrics import score, summarize, summarize_family
 from dpvr.evaluation.report import markdown_report, markdown_table
-from dpvr.io import write_json_atomic, write_text_atomic
+from dpvr.io import commit_unit, discard_staging, recover_units, staging_dir, write_json_atomic, write_text_atomic
+from dpvr.outlock import output_lock
 from dpvr.progress import bar as progress_bar
 
 BLIND_MODES = ("off", "also", "only")
@@ -219,8 +218,6 @@ def _default_benchmark() -> Path:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a folder; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -246,6 +243,12 @@ def run_eval(methods: list[str | MethodSpec], out: str | Path, model: str | Path
         raise ValueError("no method to evaluate: pass at least one --method (e.g. --method vanilla)")
     check_unique_labels(specs)
     out = Path(out)
+    with output_lock(out):  # one writer per folder; refused at once if another live process holds it
+        recover_units(out, "eval")  # finish a commit a kill interrupted; drop dead runs' stagings
+        return _run_eval(specs, out, model, settings, base, processor)
+
+
+def _run_eval(specs: list[MethodSpec], out: Path, model, settings: EvalSettings, base, processor) -> dict:
     _check_out(out)
     root = Path(settings.benchmark) if settings.benchmark else _default_benchmark()
     records = load_records(root, settings.families, settings.limit, settings.circular,
@@ -273,7 +276,7 @@ def run_eval(methods: list[str | MethodSpec], out: str | Path, model: str | Path
         "chance": _chance(families),
         "methods": {},
     }
-    staging = Path(tempfile.mkdtemp(prefix=".eval-staging-", dir=out))
+    staging = staging_dir(out, "eval")
     try:
         taken: set[str] = set()
         for spec in specs:
@@ -297,7 +300,7 @@ def run_eval(methods: list[str | MethodSpec], out: str | Path, model: str | Path
         results["method_order"] = list(results["methods"])  # results.json sorts keys; this keeps the run's order
         _commit(out, staging, results)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_staging(staging)
     return results
 
 
@@ -308,16 +311,10 @@ def _jsonl(row: dict) -> str:
 
 
 def _commit(out: Path, staging: Path, results: dict) -> None:
-    """Move the finished outputs into ``out``: old results.json goes first, the new one comes last."""
-    (out / "results.json").unlink(missing_ok=True)
-    old = out / "predictions"
-    if old.exists():
-        trash = Path(tempfile.mkdtemp(prefix=".eval-old-", dir=out))
-        os.replace(old, trash / "predictions")
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(staging / "predictions", old)
-    write_text_atomic(out / "results.md", markdown_report(results))
-    write_json_atomic(out / "results.json", results)
+    """Move the finished outputs into ``out`` as one unit (``dpvr.io.commit_unit``), results.json last."""
+    write_text_atomic(staging / "results.md", markdown_report(results))
+    write_json_atomic(staging / "results.json", results)
+    commit_unit(out, staging, ["predictions", "results.md", "results.json"])
 
 
 def table(results: dict) -> str:

@@ -10,9 +10,10 @@ Layout::
 
 A point is finished when its ``point.json`` exists with the same grid values and recipe (steps,
 batch size, data, model, evaluation): it is never retrained,
-so an interrupted sweep resumes where it stopped. A point in progress holds ``.lock`` (pid and
-host); other processes writing to the same folder skip it, and a lock whose process has died is
-taken over. ``shard=(i, n)`` gives process i every n-th point, e.g. one process per GPU.
+so an interrupted sweep resumes where it stopped. A point in progress holds its lock
+(``points/.<name>.lock``, an ``flock`` through ``dpvr.outlock``); other processes writing to the same
+folder skip it. The kernel drops the lock when its process dies, so a killed run's point is taken
+over by the next process atomically, whatever the lock file holds (empty, garbage, a dead PID). ``shard=(i, n)`` gives process i every n-th point, e.g. one process per GPU.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,11 +28,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dpvr.io import write_json_atomic
+from dpvr.outlock import acquire, check_out
 from dpvr.sweep.grid import Point
 
 POINT_FILE = "point.json"
 REFERENCE_FILE = "vanilla.json"
-LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -52,39 +52,6 @@ class SweepSettings:
     eval_batch_size: int = 32
     shard: tuple[int, int] = (0, 1)
     extra: dict = field(default_factory=dict)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _take_lock(folder: Path) -> bool:
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}
-            stale = holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))
-            if not stale:
-                return False
-            lock.unlink(missing_ok=True)  # its process died: take the point over
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        return True
-    return False
 
 
 def point_record(folder: Path) -> dict | None:
@@ -186,6 +153,7 @@ def flops_saving(llava_config, dpvr_config: dict, settings: SweepSettings, text_
 def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, progress: bool = True) -> list[dict]:
     """Run (this shard's share of) ``points``; returns the records of every finished point."""
     out = Path(settings.out)
+    check_out(out)  # a file, or not writable: one line before any work
     out.mkdir(parents=True, exist_ok=True)
     if evaluate_fn is None:
         from dpvr.sweep.evaluate import accuracy_of_adapter as evaluate_fn
@@ -200,12 +168,16 @@ def run_sweep(points: list[Point], settings: SweepSettings, evaluate_fn=None, pr
         bar.set_postfix_str(point.name)
         if done is not None and done.get("settings") == point.values and done.get("recipe") == want:
             continue
-        if not _take_lock(folder):
-            continue  # another process is on it
+        lock = acquire(folder)
+        if lock is None:
+            continue  # another live process is on it
         try:
+            done = point_record(folder)  # finished by another process between the check and the lock?
+            if done is not None and done.get("settings") == point.values and done.get("recipe") == want:
+                continue
             run_point(point, settings, folder, evaluate_fn, want)
         finally:
-            (folder / LOCK_FILE).unlink(missing_ok=True)
+            lock.release()
     return [r for p in points if (r := point_record(out / "points" / p.name)) is not None
             and r.get("settings") == p.values and r.get("recipe") == want]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from dpvr.data.generate import DataConfig, generate_dataset, verify_dataset
+from dpvr.io import write_text_atomic
 from dpvr.data.questions import CAPTION_PROMPTS, FAMILIES
 from dpvr.tiny.focus import focus_records
 from dpvr.tiny.model import TinyArch
@@ -160,14 +161,22 @@ def _versions() -> dict:
 
 def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike | None = None,
           overwrite: bool = False, progress: bool = True, command: list[str] | None = None) -> dict:
-    """Run the whole build into ``out``; returns the ``build.json`` content."""
+    """Run the whole build into ``out``; returns the ``build.json`` content (written last: the build is
+    complete when it exists). Holds ``out``'s lock: a second build into the same folder is refused."""
+    from dpvr.outlock import output_lock
+
+    with output_lock(out):
+        return _build(Path(out), cfg, data_dir, overwrite, progress, command)
+
+
+def _build(out: Path, cfg: BuildConfig, data_dir, overwrite: bool, progress: bool, command) -> dict:
     from transformers import CLIPModel  # noqa: F401  (import cost paid once, before timing)
 
     from dpvr.tiny import stages
 
-    out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    (out / "build.json").unlink(missing_ok=True)  # from here on the folder holds an unfinished build
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -273,9 +282,7 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
         "wall_time_s": round(time.time() - t_start, 1),
         "files": files,
     }
-    tmp = out / ".build.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, out / "build.json")
+    write_text_atomic(out / "build.json", json.dumps(info, indent=1) + "\n")
     return info
 
 

@@ -19,20 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from dpvr.adapter import load_side_branch_weights, write_adapter_files
 from dpvr.backbones import adapter_for
 from dpvr.config import DPVRConfig
-from dpvr.io import write_json_atomic
+from dpvr.io import commit_unit, discard_staging, recover_units, staging_dir, write_json_atomic, write_text_atomic
 from dpvr.loading import load_model
 from dpvr.model import DPVRModel, get_dpvr_model
+from dpvr.outlock import check_out, output_lock
+from dpvr.train import checkpoints as ckpt
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
 from dpvr.train.progress import use_progress
@@ -95,7 +97,11 @@ def build_trainable(base, args: TrainArgs):
 
 
 class _Trainer(Trainer):
-    """Saves and resumes a DPVR model as its adapter (the side branch), everything else as HF does."""
+    """Saves and resumes a DPVR model as its adapter (the side branch), everything else as HF does.
+
+    Each checkpoint gets a completeness marker written last (dpvr.train.checkpoints), with the running
+    loss sum, so ``--resume latest`` skips a partial checkpoint and a resumed run reports the same loss.
+    """
 
     def _save(self, output_dir=None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model)
@@ -104,24 +110,21 @@ class _Trainer(Trainer):
             return
         super()._save(output_dir, state_dict)
 
+    def _save_checkpoint(self, model, trial):
+        state = ckpt.loss_state(self)
+        probe = next((c for c in self.callback_handler.callbacks if isinstance(c, _GradProbe)), None)
+        state["first_step_gradient"] = probe.first_step if probe else None
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            ckpt.write_marker(folder, state)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         target = self.accelerator.unwrap_model(model or self.model)
         if isinstance(target, DPVRModel):
             load_side_branch_weights(target, resume_from_checkpoint)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-
-class _LossLog(TrainerCallback):
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
-            return
-        row = {"stage": "train", "step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate")}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
 
 
 class _GradProbe(TrainerCallback):
@@ -172,22 +175,39 @@ def heldout_loss(model, dataset, collator, batch_size: int) -> float:
     return total / max(count, 1)
 
 
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to the output folder {out} ({err.strerror}); choose another --out") from err
+def resolve_resume(args: TrainArgs, out: Path) -> str | None:
+    """The checkpoint to resume from: 'latest' is the newest complete one; an explicit one must be complete."""
+    if not args.resume:
+        return None
+    if args.resume == "latest":
+        resume = ckpt.latest_complete(out / "checkpoints")
+        if resume is None:
+            raise ValueError(f"--resume latest: no complete checkpoint in {out / 'checkpoints'} "
+                             "(train with --save-steps first)")
+        return resume
+    ckpt.check_complete(args.resume)
+    return args.resume
 
 
 def train(args: TrainArgs) -> dict:
-    """Run one training; returns the summary also written to ``result.json``."""
+    """Run one training; returns the summary also written to ``result.json``.
+
+    Holds ``out``'s lock (a second run on the same folder is refused); the outputs are committed as
+    one unit at the end, so a kill leaves the previous run's outputs (and the checkpoints) intact.
+    """
+    out = Path(args.out)
+    if int(os.environ.get("RANK", "0")) != 0:  # the other processes of one multi-process run share rank 0's lock
+        check_out(out)
+        return _train(args, out)
+    with output_lock(out):
+        recover_units(out, "train")
+        return _train(args, out)
+
+
+def _train(args: TrainArgs, out: Path) -> dict:
     from transformers import set_seed
 
-    out = Path(args.out)
-    _check_writable(out)
+    resume = resolve_resume(args, out)  # before any work: a partial checkpoint is refused at once
     model_dir, data_path, image_folder = resolve_inputs(args)
     records = load_records(data_path)
     train_records, eval_records = _split_heldout(records, args)
@@ -230,24 +250,28 @@ def train(args: TrainArgs) -> dict:
         remove_unused_columns=False,
         disable_tqdm=True,  # dpvr.train.progress shows the bar (step/total, loss, ETA)
     )
-    loss_path = out / "loss.jsonl"
     probe = _GradProbe()
     trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=DataCollator(pad_id),
-                       callbacks=[_LossLog(loss_path), probe])
+                       callbacks=[probe])
     use_progress(trainer, f"train {args.variant if args.method == 'dpvr' else args.method}", args.progress)
-    resume = args.resume
-    if resume == "latest":
-        resume = get_last_checkpoint(str(out / "checkpoints"))
-        if resume is None:
-            raise ValueError(f"--resume latest: no checkpoint in {out / 'checkpoints'} (train with --save-steps first)")
-    if trainer.is_world_process_zero() and not resume:
-        loss_path.write_text("")
+    saved = ckpt.read_loss_state(resume) if resume else None
+    trainer.add_callback(ckpt.RestoreLossState(trainer, saved))
+    if saved:
+        probe.first_step = saved.get("first_step_gradient")  # measured at step 1, before the interruption
     # Held-out loss outside the Trainer: evaluating through it before train() leaves the model marked as
     # prepared, and train() then skips the DDP wrap in multi-process runs.
     collator = DataCollator(pad_id)
     eval_before = heldout_loss(model, eval_set, collator, args.batch_size)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    finished = ckpt.finished_state(resume) if resume else None
+    if finished:  # the checkpoint is the run's last step (a kill after it): HF would train one step more
+        trainer._load_from_checkpoint(resume)
+        trainer.state.log_history = finished["log_history"]
+        global_step = finished["global_step"]
+        total_loss = (saved or {}).get("total_loss_scalar", float("nan")) + (saved or {}).get("pending", 0.0)
+    else:
+        result = trainer.train(resume_from_checkpoint=resume)
+        global_step, total_loss = result.global_step, trainer._total_loss_scalar
     wall = time.perf_counter() - start
     eval_after = heldout_loss(model, eval_set, collator, args.batch_size)
 
@@ -259,33 +283,38 @@ def train(args: TrainArgs) -> dict:
         "train_records": len(train_set),
         "skipped_records": len(train_set.skipped),
         "eval_records": len(eval_set),
-        "global_steps": result.global_step,
-        "train_loss": result.training_loss,
+        "global_steps": global_step,
+        # the mean over every step of the run, resumed ones included (HF averages the steps of this call only)
+        "train_loss": total_loss / max(global_step, 0.001),
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "first_step_gradient": probe.first_step,
         "wall_seconds": wall,
-        "steps_per_second": result.global_step / wall if wall > 0 else None,
+        "steps_per_second": global_step / wall if wall > 0 else None,
         "model": model_dir,
         "data": data_path,
     }
     if trainer.is_world_process_zero():
-        _write_outputs(out, model, args, summary, loss_path)
+        _write_outputs(out, model, args, summary, ckpt.loss_rows(trainer.state.log_history))
     return summary
 
 
-def _write_outputs(out: Path, model, args: TrainArgs, summary: dict, loss_path: Path) -> None:
+def _write_outputs(out: Path, model, args: TrainArgs, summary: dict, train_rows: list[dict]) -> None:
+    """Stage every output, then commit them as one unit (result.json last)."""
     from dpvr.tiny.plots import plot_losses
 
-    if isinstance(model, DPVRModel):
-        model.save_pretrained(out / "adapter")
-    else:
-        model.save_pretrained(out / ("adapter" if args.method == "lora" else "model"))
-    with loss_path.open("a") as fh:
+    staging = staging_dir(out, "train")
+    try:
+        weights = "adapter" if isinstance(model, DPVRModel) or args.method == "lora" else "model"
+        model.save_pretrained(staging / weights)
+        rows = list(train_rows)
         for name in ("eval_loss_before", "eval_loss_after"):
             step = 0 if name.endswith("before") else summary["global_steps"]
-            fh.write(json.dumps({"stage": "eval", "step": step, "loss": summary[name]}) + "\n")
-    write_json_atomic(out / "train_args.json", args.to_dict())
-    write_json_atomic(out / "result.json", summary)
-    if any(line.strip() for line in loss_path.read_text().splitlines()):
-        plot_losses(loss_path, out / "loss.png", smooth=5)
+            rows.append({"stage": "eval", "step": step, "loss": summary[name]})
+        write_text_atomic(staging / "loss.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_json_atomic(staging / "train_args.json", args.to_dict())
+        write_json_atomic(staging / "result.json", summary)
+        plot_losses(staging / "loss.jsonl", staging / "loss.png", smooth=5)
+        commit_unit(out, staging, [weights, "loss.jsonl", "train_args.json", "loss.png", "result.json"])
+    finally:
+        discard_staging(staging)

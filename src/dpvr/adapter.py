@@ -20,6 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dpvr.validation import validate_adapter_config
+
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "dpvr_config.json"
 FORMAT_VERSION = 1
@@ -119,12 +121,12 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path} is missing: {adapter_dir} is not a dpvr adapter (save one with model.save_pretrained)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the adapter is corrupt, save it again") from err
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({type(err).__name__}); the adapter is corrupt, save it again") from None
     for key in ("dpvr_config", "base_model"):
-        if key not in meta:
+        if not isinstance(meta, dict) or key not in meta:
             raise ValueError(f"{path} has no {key!r} entry; the adapter is corrupt or from another tool")
-    return meta
+    return validate_adapter_config(meta, path)
 
 
 def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):

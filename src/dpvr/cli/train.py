@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--save-steps", type=int, help="write a resumable checkpoint every N steps")
     p.add_argument("--resume", help="resume from a checkpoint folder, or 'latest' in --out/checkpoints")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (missing image, too long, ...) and count them")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let image paths resolve outside --image-folder (../, absolute paths, symlinks out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -67,7 +69,8 @@ def run(args) -> int:
         warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing, max_samples=args.max_samples, eval_data=args.eval_data,
         eval_samples=args.eval_samples, logging_steps=args.logging_steps, save_steps=args.save_steps,
-        resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress,
+        resume=args.resume, skip_bad=args.skip_bad, allow_outside_paths=args.allow_outside_paths,
+        progress=not args.no_progress,
     )
     summary = train(targs)
     keys = ("method", "variant", "trainable_parameters", "global_steps", "eval_loss_before", "eval_loss_after",

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from dpvr.evaluation import benchmark as bench
@@ -40,6 +40,7 @@ from dpvr.evaluation.methods import MethodSpec, check_unique_labels, parse_metho
 from dpvr.evaluation.metrics import score, summarize, summarize_family
 from dpvr.evaluation.report import markdown_report, markdown_table
 from dpvr.io import write_json_atomic, write_text_atomic
+from dpvr.validation import open_image
 
 BLIND_MODES = ("off", "also", "only")
 BLIND_SUFFIX = " [blind]"
@@ -73,6 +74,7 @@ class EvalSettings:
     device: str = "auto"
     attn_implementation: str = "sdpa"
     progress: bool = True
+    allow_outside_paths: bool = False  # image paths may resolve outside the benchmark folder
 
     def __post_init__(self) -> None:
         if self.blind is True or self.blind is False:
@@ -90,14 +92,8 @@ class EvalSettings:
 # --------------------------------------------------------------------------- one model on records
 
 def _open_image(root: Path, record: dict) -> Image.Image:
-    path = root / record["image"]
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} of record {record['id']!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"image {path} of record {record['id']!r} cannot be read ({err})") from None
+    # the path was checked against the benchmark folder when the record was loaded (benchmark.load_family)
+    return open_image(root / record["image"], f"record {record['id']!r}")
 
 
 def answer_records(model, processor, records: list[dict], root: str | Path, *, blind: bool = False,
@@ -169,12 +165,14 @@ def accuracy_report(model, processor, root: str | Path, families=None, *, blind:
 
 
 def load_records(root: str | Path, families: list[str] | None = None, limit: int | None = None,
-                 circular: bool = False, check_images: bool = True) -> dict[str, list[dict]]:
+                 circular: bool = False, check_images: bool = True,
+                 allow_outside_paths: bool = False) -> dict[str, list[dict]]:
     """Validated records per family (all of ``root``'s families by default), expanded for circular mode."""
     families = list(families) if families else bench.available_families(root)
     out = {}
     for fam in families:
-        records = bench.load_family(root, fam, limit=limit, check_images=check_images)
+        records = bench.load_family(root, fam, limit=limit, check_images=check_images,
+                                    allow_outside_paths=allow_outside_paths)
         out[fam] = bench.expand_circular(records) if circular else records
     return out
 
@@ -240,7 +238,7 @@ def run_eval(methods: list[str | MethodSpec], out: str | Path, model: str | Path
     _check_out(out)
     root = Path(settings.benchmark) if settings.benchmark else _default_benchmark()
     records = load_records(root, settings.families, settings.limit, settings.circular,
-                           check_images=settings.blind != "only")
+                           check_images=settings.blind != "only", allow_outside_paths=settings.allow_outside_paths)
     families = list(records)
     if base is None:
         base, processor, model_path = load_base(model, settings.dtype, settings.device, settings.attn_implementation)

@@ -350,7 +350,7 @@ def _why(err: Exception, path: Path) -> str:
 
 
 def check_image(path: str | Path, where: str) -> None:
-    """Header check without decoding: the file exists, is an image, and is within Pillow's pixel limit."""
+    """Check without decoding: the file exists, is an image, is complete (``verify``) and within Pillow's pixel limit."""
     from PIL import Image
 
     path = Path(path)
@@ -358,7 +358,7 @@ def check_image(path: str | Path, where: str) -> None:
         raise FileNotFoundError(f"{where}: image {path} does not exist")
     try:
         with Image.open(path) as im:
-            im.size  # noqa: B018 - the header is parsed by open()
+            im.verify()  # reads the file's structure (PNG: every chunk and its CRC) without decoding pixels
     except _image_errors() as err:
         raise BadInput(f"{where}: image {path} {_why(err, path)}") from None
 

@@ -90,12 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror and not isinstance(err, FileNotFoundError | FileExistsError):
-        text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    if isinstance(err, OSError) and err.strerror:  # raised by the OS, not with one of dpvr's messages
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
     else:
         text = str(err) or type(err).__name__
-    if isinstance(err, FileNotFoundError) and err.strerror and err.filename:
-        text = f"{err.filename} does not exist"
     return " ".join(text.split())
 
 

@@ -122,7 +122,8 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({type(err).__name__}); the adapter is corrupt, save it again") from None
+        raise ValueError(f"{path} is not valid JSON ({type(err).__name__}); the adapter is corrupt, "
+                         "save it again") from None
     for key in ("dpvr_config", "base_model"):
         if not isinstance(meta, dict) or key not in meta:
             raise ValueError(f"{path} has no {key!r} entry; the adapter is corrupt or from another tool")

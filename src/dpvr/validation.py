@@ -25,9 +25,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator,
+                      model_validator)
 
-MAX_TEXT_CHARS = 100_000  # one turn, question or answer; refused before tokenising (no model reads 100k characters of a turn)
+MAX_TEXT_CHARS = 100_000  # one turn, question or answer; refused before tokenising
 MAX_PATH_CHARS = 4096
 MAX_TURNS = 10_000
 SPEAKERS = ("human", "user", "gpt", "assistant", "system")
@@ -82,7 +83,7 @@ class TrainingRecord(_Schema):
 
 
 class BenchmarkRecord(_Schema):
-    """One line of ``<family>.jsonl``: ``id``, ``image``, ``question``, ``answer``; optional ``category``, ``options``."""
+    """One line of ``<family>.jsonl``: ``id``, ``image``, ``question``, ``answer``; ``category``, ``options`` optional."""
 
     id: object
     image: RelPath
@@ -350,7 +351,7 @@ def _why(err: Exception, path: Path) -> str:
 
 
 def check_image(path: str | Path, where: str) -> None:
-    """Check without decoding: the file exists, is an image, is complete (``verify``) and within Pillow's pixel limit."""
+    """Check without decoding: the file exists, is a complete image (``verify``), within Pillow's pixel limit."""
     from PIL import Image
 
     path = Path(path)

@@ -86,7 +86,8 @@ class LlavaConversationDataset(torch.utils.data.Dataset):
             log.warning("skipped %d bad record(s) of %d; first: %s", len(self.skipped), len(records),
                         next(iter(self.skipped.values())))
         if not self.examples:
-            raise BadInput("no usable training records" + (f" ({len(self.skipped)} skipped as bad)" if self.skipped else ""))
+            skipped = f" ({len(self.skipped)} skipped as bad)" if self.skipped else ""
+            raise BadInput(f"no usable training records{skipped}")
 
     def _prepare(self, rec: dict, image_tokens: int, max_length: int | None, index: int = 0) -> Example:
         validate_training_record(rec, f"record {index}")

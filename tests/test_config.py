@@ -105,6 +105,9 @@ def test_resolved_plans_exactly_and_at_the_boundaries():
         DPVRConfig(variant="lf", split=5, fusion_layers=[9]).resolve(8)
     with pytest.raises(ValueError, match=r"compose FastV with DPVR routing"):
         DPVRConfig(variant="vanilla", fastv_k=2)
+    assert DPVRConfig(variant="fastv", fastv_k=7).resolve(8).prune_layer == 7  # k = N-1 ranks at layer N-2
+    with pytest.raises(ValueError, match=r"fastv_k=8 is outside 1\.\.7 .*the ranking uses layer k-1's attention\)"):
+        DPVRConfig(variant="fastv", fastv_k=8).resolve(8)
 
 
 def test_json_is_indented_and_sorted():

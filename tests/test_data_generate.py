@@ -245,3 +245,35 @@ def test_focus_records_are_single_questions_of_the_families(data):
     assert both[: len(records)] == records and both[len(records):] == pope
     with pytest.raises(ValueError, match="no training questions"):
         focus_records(records, ("nonexistent",))
+
+
+def test_no_digit_bitmap_is_shared_between_train_and_test(tmp_path, monkeypatch):
+    """The split is checked on the 8x8 bitmaps themselves (a re-coloured, moved copy of a training
+    digit renders to other PNG bytes, so hashes of rendered images cannot see such a leak)."""
+    import dpvr.data.generate as gen
+    from dpvr.data.scenes import _digits, digit_split
+
+    images, _ = _digits()
+    train, test = digit_split("train"), digit_split("test")
+    assert not set(train) & set(test) and sorted(train + test) == list(range(len(images)))
+    assert not {images[i].tobytes() for i in train} & {images[i].tobytes() for i in test}
+
+    used = {"train": [], "test": []}
+    phase = ["train"]
+    render, test_item = gen.render_digit, gen._test_item
+
+    def spy_render(d, bg):
+        used[phase[0]].append(d.index)
+        return render(d, bg)
+
+    def spy_test_item(*args, **kwargs):
+        phase[0] = "test"
+        return test_item(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "render_digit", spy_render)
+    monkeypatch.setattr(gen, "_test_item", spy_test_item)
+    generate_dataset(tmp_path / "d", seed=5, num_train=60, num_test_per_family=12, progress=False)
+    assert used["train"] and used["test"]
+    assert set(used["train"]) <= set(train) and set(used["test"]) <= set(test)
+    train_bitmaps = {images[i].tobytes() for i in used["train"]}
+    assert not any(images[i].tobytes() in train_bitmaps for i in used["test"])

@@ -254,3 +254,48 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads[ckpt] = [p.grad.clone() for p in model.side_branch.parameters()]
     for a, b in zip(grads[False], grads[True]):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("cfg", [dict(variant="lf", split=SPLIT), dict(variant="lf", split=SPLIT, fastv_k=2)])
+def test_batched_beam_search_equals_per_sample_beam_search(cfg):
+    """Two different prompts (different lengths, left padding) in one beam search: the cache's routing
+    state is expanded per beam and reordered every step with rows that differ between the samples."""
+    base = make_tiny_llava()
+    model = dpvr.get_dpvr_model(base, dpvr.DPVRConfig(**cfg))
+    n = num_image_tokens(base)
+    seqs = [sample_ids(1, n, seed=1), sample_ids(1, n, seed=2, text=(9, 10, 11, 12, 13, 14, 15))]
+    pix = random_pixels(2, base, seed=3)
+    kw = dict(max_new_tokens=5, num_beams=3, num_return_sequences=3, do_sample=False, suppress_tokens=[IMAGE_TOKEN_ID],
+              eos_token_id=None, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    ids, mask = pad_batch(seqs, side="left")
+    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pix, **kw)
+    for i, seq in enumerate(seqs):
+        alone = model.generate(input_ids=torch.tensor([seq]), pixel_values=pix[i:i + 1], **kw)
+        rows = slice(3 * i, 3 * i + 3)
+        assert torch.equal(batched.sequences[rows, -len(seq) - 5:], alone.sequences), i
+        # the beams' scores see every key: a row of another sample's routing state would change them
+        assert_close(batched.sequences_scores[rows], alone.sequences_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_routing_state_follows_beam_reorder_and_expansion():
+    from dpvr.engine.cache import DPVRCache, RoutingState
+
+    cache = DPVRCache()
+    k = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).reshape(2, 1, 3, 2)  # (B, heads, L, d)
+    cache.update(k, k.clone(), 0)
+    valid = torch.tensor([[True, False, True], [False, True, True]])
+    kept = torch.tensor([[0, 4, 5], [1, 2, 6]])
+    cache.routing = RoutingState(valid, prompt_len=7, kept_key_valid=~valid, kept_positions=kept)
+    cache.batch_repeat_interleave(2)  # rows a a b b
+    assert torch.equal(cache.routing.text_key_valid, valid.repeat_interleave(2, 0))
+    assert torch.equal(cache.routing.kept_positions, kept.repeat_interleave(2, 0))
+    order = torch.tensor([3, 0, 2, 1])
+    cache.reorder_cache(order)
+    expected = valid.repeat_interleave(2, 0)[order]
+    assert torch.equal(cache.routing.text_key_valid, expected)
+    assert torch.equal(cache.routing.kept_key_valid, ~expected)
+    assert torch.equal(cache.routing.kept_positions, kept.repeat_interleave(2, 0)[order])
+    assert torch.equal(cache.layers[0].keys[:, 0, :, :], k.repeat_interleave(2, 0)[order][:, 0])
+    assert cache.routing.prompt_len == 7
+    cache.batch_select_indices(torch.tensor([1, 2]))
+    assert torch.equal(cache.routing.text_key_valid, expected[[1, 2]])

@@ -36,6 +36,14 @@ def test_pope_figures_by_hand():
     assert m["n"] == 8 and m["unparsed"] == 1
 
 
+def test_pope_f1_is_the_harmonic_mean_of_different_precision_and_recall():
+    # gold:  Y Y Y Y N N N N ; predictions: Y Y N N Y N N N -> TP=2 FN=2 FP=1 TN=3: P=2/3, R=1/2, F1=4/7
+    gold = ["yes"] * 4 + ["no"] * 4
+    pred = ["yes", "yes", "no", "no", "yes", "no", "no", "no"]
+    assert pope_metrics(list(zip(pred, gold))) == {
+        "accuracy": 62.5, "precision": 66.67, "recall": 50.0, "f1": 57.14, "yes_ratio": 37.5, "n": 8, "unparsed": 0}
+
+
 def test_pope_per_category_and_overall():
     rows = []
     for cat, preds in [("random", ["Yes", "No"]), ("popular", ["Yes", "Yes"]), ("adversarial", ["No", "no."])]:
@@ -46,7 +54,7 @@ def test_pope_per_category_and_overall():
     assert fam["kind"] == "yesno"
     assert fam["categories"]["random"]["accuracy"] == 100.0
     assert fam["categories"]["popular"] == {**fam["categories"]["popular"], "accuracy": 50.0, "precision": 50.0,
-                                            "recall": 100.0, "yes_ratio": 100.0}
+                                            "recall": 100.0, "f1": 66.67, "yes_ratio": 100.0}
     assert fam["categories"]["adversarial"]["f1"] == 0.0  # never says yes: no true positive
     assert fam["accuracy"] == pytest.approx(100 * 4 / 6, abs=0.01)
     assert fam["n"] == 6
@@ -65,6 +73,9 @@ def test_yes_no_parsing(text, expected):
     ("B. square", "B"), ("B square", "B"), ("square", "B"), ("Square.", "B"), ("The answer is B.", "B"),
     ("Answer: (C)", "C"), ("It is a triangle.", "C"), ("A", "A"), ("a circle", "A"), (" D ", "D"),
     ("E", None), ("hexagon", None), ("circle or square", None), ("", None),
+    # a bare letter followed by another option's text contradicts itself: no option is picked
+    ("B circle", None), ("C circle?", None), ("D square", None),
+    ("A square", "B"),  # "a square": the article, not the letter A
 ])
 def test_option_letter_parsing(text, expected):
     assert parse_choice(text, OPTIONS) == expected

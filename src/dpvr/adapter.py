@@ -30,6 +30,8 @@ from safetensors.torch import save as save_safetensors
 
 from dpvr.io import make_temp_dir, recover, swap_in, write_bytes_atomic
 
+from dpvr.validation import validate_adapter_config
+
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "dpvr_config.json"
 FORMAT_VERSION = 2
@@ -206,7 +208,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     for key in ("dpvr_config", "base_model"):
         if key not in meta:
             raise ValueError(f"{adapter_dir / CONFIG_NAME} has no {key!r} entry; the adapter is corrupt or from another tool")
-    return meta
+    return validate_adapter_config(meta, adapter_dir / CONFIG_NAME)
 
 
 def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):

@@ -10,33 +10,25 @@ samples actually analysed are loaded.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from dpvr.validation import check_image, open_image, read_records, resolve_inside, validate_training_record
+
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 IMAGE_PLACEHOLDER = "<image>"
 
 
 def load_records(path: str | Path) -> list[dict]:
-    """Read LLaVA conversation records: a JSON list, or JSON Lines (``.jsonl``), with clear errors."""
+    """Read LLaVA conversation records (a JSON list, or JSON Lines), each checked against the schema."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
-    text = path.read_text()
-    try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of LLaVA conversation records, got {type(records).__name__}")
-    return records
+    return [validate_training_record(rec, f"{path}: record {i}")
+            for i, rec in enumerate(read_records(path, "LLaVA conversation file"))]
 
 
 def record_images(record: dict) -> list[str]:
@@ -69,10 +61,9 @@ def _render(processor, messages, add_generation_prompt: bool) -> str:
     return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def encode_record(record: dict, processor, image_folder: str | Path, image_token_id: int, index: int = 0) -> dict:
+def encode_record(record: dict, processor, image_folder: str | Path, image_token_id: int, index: int = 0,
+                  allow_outside_paths: bool = False) -> dict:
     """Tokenise one record with its images: ``input_ids`` (L,), ``pixel_values``, ``answer_mask`` (L,)."""
-    from PIL import Image
-
     rid = record.get("id", index)
     names = record_images(record)
     messages = to_messages(record, index)
@@ -81,11 +72,10 @@ def encode_record(record: dict, processor, image_folder: str | Path, image_token
         raise ValueError(f"record {rid!r} names {len(names)} image(s) but has {n_slots} <image> placeholder(s)")
     images = []
     for name in names:
-        path = Path(image_folder) / name
+        path = resolve_inside(image_folder, name, f"record {rid!r}", allow_outside_paths)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} of record {rid!r} not found (check --image-folder)")
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))
+        images.append(open_image(path, f"record {rid!r}"))
     text = _render(processor, messages, add_generation_prompt=False)
     enc = processor(images=images or None, text=text, return_tensors="pt")
     ids = enc["input_ids"][0]
@@ -183,18 +173,20 @@ def select_records(records: list[dict], num_samples: int, seed: int = 0) -> tupl
     return chosen, counts
 
 
-def check_images(chosen: list[tuple[int, dict]], image_folder: str | Path) -> None:
-    """Fail early (before a model is loaded) if an image of a chosen record is missing."""
+def check_images(chosen: list[tuple[int, dict]], image_folder: str | Path, allow_outside_paths: bool = False) -> None:
+    """Fail early (before a model is loaded) if an image of a chosen record is missing, outside the image
+    folder (unless allowed) or not a readable image within Pillow's pixel limit (header only)."""
     for i, rec in chosen:
         for name in record_images(rec):
-            path = Path(image_folder) / name
+            where = f"record {rec.get('id', i)!r}"
+            path = resolve_inside(image_folder, name, where, allow_outside_paths)
             if not path.is_file():
-                raise FileNotFoundError(f"image {path} of record {rec.get('id', i)!r} not found "
-                                        "(check --image-folder)")
+                raise FileNotFoundError(f"image {path} of {where} not found (check --image-folder)")
+            check_image(path, where)
 
 
 def iter_samples(chosen: list[tuple[int, dict]], processor, image_folder: str | Path,
-                 image_token_id: int) -> Iterator[dict]:
+                 image_token_id: int, allow_outside_paths: bool = False) -> Iterator[dict]:
     """Encode the chosen records lazily, one at a time."""
     for i, rec in chosen:
-        yield encode_record(rec, processor, image_folder, image_token_id, i)
+        yield encode_record(rec, processor, image_folder, image_token_id, i, allow_outside_paths)

@@ -344,6 +344,7 @@ def _run_analysis(
     device: str = "auto",
     plot: bool = True,
     progress: bool = True,
+    allow_outside_paths: bool = False,
 ) -> tuple[SaturationResult, dict[str, Path]]:
     from dpvr.analysis.data import check_images, iter_samples, load_records, select_records
 
@@ -353,13 +354,13 @@ def _run_analysis(
     if not Path(image_folder).is_dir():
         raise FileNotFoundError(f"image folder {image_folder} not found")
     chosen, counts = select_records(load_records(data), num_samples, seed)
-    check_images(chosen, image_folder)
+    check_images(chosen, image_folder, allow_outside_paths)
     base, processor, model_name = load_model_and_processor(
         model, dtype=dtype, device=device, attn_implementation=attn_implementation)
     routed = None
     if adapter is not None:
         routed = _load_adapter(base, adapter)
-    samples = iter_samples(chosen, processor, image_folder, image_token_id(base))
+    samples = iter_samples(chosen, processor, image_folder, image_token_id(base), allow_outside_paths)
     settings = {"model": model_name, "data": str(data), "image_folder": str(image_folder),
                 "num_samples": num_samples, "seed": seed, "adapter": None if adapter is None else str(adapter)}
     result = analyze_saturation(

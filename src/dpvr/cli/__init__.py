@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from dpvr.cli import help as help_format
 
@@ -42,25 +43,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or an unusable path, not a bug: one line, exit 2.
+
+    ``ValueError`` covers :class:`dpvr.validation.BadInput` (every schema, JSON and image check) and the
+    library's own argument checks; ``OSError`` covers missing, unreadable and unwritable paths; Pillow's
+    decompression-bomb error is caught where images are opened, and here as a last resort.
+    """
+    from PIL import Image
+
+    return (UserError, ValueError, OSError, Image.DecompressionBombError)
+
+
+def _new_folders(path: str | None) -> list[Path]:
+    """The folders of ``path`` (itself and missing parents) that do not exist yet, deepest first."""
+    if not path:
+        return []
+    missing, p = [], Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed command created, if it left them empty (never anything with content)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    created = _new_folders(getattr(args, "out", None))
     try:
         result = args.func(args)
     except KeyboardInterrupt:
         print(f"\ndpvr {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
-    except (UserError, FileNotFoundError, ValueError) as err:
-        # Library code raises ValueError/FileNotFoundError with user-facing messages.
+    except _bad_input_errors() as err:
+        # Library code raises ValueError/FileNotFoundError/BadInput with user-facing messages.
+        _remove_if_empty(created)
         if os.environ.get("DPVR_DEBUG"):
             raise
-        print(f"dpvr {args.command}: error: {err}", file=sys.stderr)
+        print(f"dpvr {args.command}: error: {_one_line(err)}", file=sys.stderr)
         print("(set DPVR_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2
+    except BaseException:
+        _remove_if_empty(created)
+        raise
     return int(result or 0)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:  # raised by the OS, not with one of dpvr's messages
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

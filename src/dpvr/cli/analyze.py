@@ -43,6 +43,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-plot", action="store_true", help="write only saturation.json")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let image paths resolve outside --image-folder (../, absolute paths, symlinks out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
             collapse_min_drop=args.collapse_drop,
             lens_positions=args.lens_positions, num_fusion_layers=args.num_fusion_layers,
             min_split=args.min_split, attn_implementation=args.attn_implementation, dtype=args.dtype,
-            device=args.device, plot=not args.no_plot, progress=not args.quiet)
+            device=args.device, plot=not args.no_plot, progress=not args.quiet,
+            allow_outside_paths=args.allow_outside_paths)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

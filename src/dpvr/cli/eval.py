@@ -61,6 +61,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let image paths resolve outside --benchmark (../, absolute paths, symlinks out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.set_defaults(func=run)
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         benchmark=args.benchmark, families=args.families, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, blind=args.blind, circular=args.circular, seed=args.seed,
         dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation, progress=not args.quiet,
+        allow_outside_paths=args.allow_outside_paths,
     )
     if args.quiet:
         from transformers.utils import logging as hf_logging

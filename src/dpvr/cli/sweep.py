@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from dpvr.cli.help import ListAction, hidden_alias
 from dpvr.config import DPVR_VARIANTS
@@ -73,8 +71,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from dpvr.sweep import SweepSettings, expand_grid, parse_grid, reference_accuracy, run_sweep
     from dpvr.sweep.report import write_report
+    from dpvr.validation import AnalysisFile, read_json, validate
 
     grid = parse_grid(args.grid)
+    suggested = None
+    if args.analysis:  # read before any training: a bad file is reported at once
+        suggested = validate(AnalysisFile, read_json(args.analysis, "analysis file"), args.analysis).suggested_split
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in DPVR_VARIANTS]
     if bad:
@@ -87,9 +89,6 @@ def run(args) -> int:
     )
     print(f"dpvr sweep: {len(points)} runs ({len(points) // len(args.seeds)} points x {len(args.seeds)} seeds)")
     records = run_sweep(points, settings, progress=not args.quiet)
-    suggested = None
-    if args.analysis:
-        suggested = json.loads(Path(args.analysis).read_text()).get("suggested_split")
     reference = None if args.no_reference else reference_accuracy(settings)
     report = write_report(records, args.out, suggested, reference)
     print(report["markdown"])

@@ -60,6 +60,8 @@ def add_parser(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (missing image, too long, ...) and count them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     hidden_alias(p, "--no-progress", "quiet", action="store_true")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let image paths resolve outside --image-folder (../, absolute paths, symlinks out)")
     p.set_defaults(func=run)
 
 
@@ -75,7 +77,8 @@ def run(args) -> int:
         warmup_ratio=args.warmup_ratio, seed=args.seed, bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing, max_samples=args.max_samples, eval_data=args.eval_data,
         eval_samples=args.eval_samples, logging_steps=args.logging_steps, save_steps=args.save_steps,
-        resume=args.resume, skip_bad=args.skip_bad, progress=not args.quiet,
+        resume=args.resume, skip_bad=args.skip_bad, allow_outside_paths=args.allow_outside_paths,
+        progress=not args.quiet,
     )
     try:
         with hf_bars(not args.quiet):  # --quiet also hides transformers' weight-loading bar

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpvr.evaluation.metrics import LETTERS, rotate_choices
+from dpvr.evaluation.metrics import rotate_choices
+from dpvr.validation import BadInput, check_image, resolve_inside, validate_benchmark_record
 
 REQUIRED = ("id", "image", "question", "answer")
 
@@ -37,66 +38,60 @@ def available_families(root: str | Path) -> list[str]:
 
 def _looks_like_benchmark(path: Path) -> bool:
     """Whether the first record of ``path`` has the benchmark fields (a malformed file counts: it errors later)."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if line.strip():
                 try:
                     first = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     return True
                 return not isinstance(first, dict) or "question" in first or "answer" in first
     return False
 
 
-def _check(record, where: str) -> None:
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise ValueError(f"{where}: record {record.get('id', '?')!r} lacks {', '.join(missing)} "
-                         f"(every record needs {', '.join(REQUIRED)})")
-    for k in ("image", "question", "answer"):
-        if not isinstance(record[k], str) or (k != "answer" and not record[k].strip()):
-            raise ValueError(f"{where}: record {record['id']!r}: {k!r} must be a non-empty string, got {record[k]!r}")
-    options = record.get("options")
-    if options is not None:
-        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
-            raise ValueError(f"{where}: record {record['id']!r}: 'options' must be a list of at least 2 strings")
-        letters = LETTERS[: len(options)]
-        if record["answer"].strip().upper() not in letters:
-            raise ValueError(f"{where}: record {record['id']!r}: answer {record['answer']!r} is not one of the "
-                             f"option letters {', '.join(letters)}")
+def load_family(root: str | Path, family: str, limit: int | None = None, check_images: bool = True,
+                allow_outside_paths: bool = False) -> list[dict]:
+    """The first ``limit`` records of ``root/<family>.jsonl``, validated (ValueError / FileNotFoundError).
 
-
-def load_family(root: str | Path, family: str, limit: int | None = None, check_images: bool = True) -> list[dict]:
-    """The first ``limit`` records of ``root/<family>.jsonl``, validated (ValueError / FileNotFoundError)."""
+    Each record is checked against :class:`dpvr.validation.BenchmarkRecord`; its image must resolve inside
+    ``root`` (unless ``allow_outside_paths``) and, with ``check_images``, be a readable image within
+    Pillow's pixel limit (header only: nothing is decoded here).
+    """
     root = Path(root)
     path = root / f"{family}.jsonl"
     if not path.is_file():
         have = ", ".join(available_families(root)) if root.is_dir() else "none"
         raise FileNotFoundError(f"benchmark file {path} not found (families in {root}: {have})")
     records, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
             if limit is not None and len(records) >= limit:
                 break
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInput(f"{where}: not UTF-8 text; is {path.name} really a benchmark file?") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg}); fix or regenerate the benchmark") from None
-            _check(record, where)
+                raise BadInput(f"{where}: not valid JSON ({err.msg}); fix or regenerate the benchmark") from None
+            except RecursionError:
+                raise BadInput(f"{where}: nested too deeply to be a benchmark record") from None
+            validate_benchmark_record(record, where)
+            image = resolve_inside(root, record["image"], f"{where}: record {record['id']!r}", allow_outside_paths)
             record["id"] = str(record["id"])
             if record["id"] in seen:
                 raise ValueError(f"{where}: duplicate id {record['id']!r}")
             seen.add(record["id"])
             record.setdefault("family", family)
             record.setdefault("category", "")
-            if check_images and not (root / record["image"]).is_file():
-                raise FileNotFoundError(f"{where}: image {root / record['image']} of record {record['id']!r} "
-                                        "does not exist")
+            if check_images and not image.is_file():
+                raise FileNotFoundError(f"{where}: image {image} of record {record['id']!r} does not exist")
+            if check_images:
+                check_image(image, f"{where}: record {record['id']!r}")
             records.append(record)
     if not records:
         raise ValueError(f"{path} has no records")

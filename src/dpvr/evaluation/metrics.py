@@ -109,9 +109,9 @@ def parse_choice(prediction: str, options: list[str]) -> str | None:
 
     Accepted, in this order: a bare letter (``"B"``, ``"b"``, ``"B."``, ``"(B)"``); a letter that
     opens the answer (``"(B) circle"``, ``"B. circle"``, ``"B) circle"``, ``"B: circle"``,
-    ``"B circle"`` when the rest is option B); the option text itself (``"circle"``); a stated
-    letter (``"The answer is B"``, ``"Answer: (B)"``); the one option whose text occurs in the
-    answer (``"It is a circle."``).
+    ``"B circle"`` when the rest is option B; none when it is another option's text); the option
+    text itself (``"circle"``); a stated letter (``"The answer is B"``, ``"Answer: (B)"``); the one
+    option whose text occurs in the answer (``"It is a circle."``).
     """
     letters = _option_letters(options)
     text = str(prediction).strip()
@@ -126,8 +126,12 @@ def parse_choice(prediction: str, options: list[str]) -> str | None:
     if norm in norm_options and norm_options.count(norm) == 1:
         return letters[norm_options.index(norm)]
     m = re.match(r"([A-Z])\s+(.+)", text)
-    if m and m.group(1) in letters and normalize_text(m.group(2)) == norm_options[letters.index(m.group(1))]:
-        return m.group(1)
+    if m and m.group(1) in letters:
+        rest = normalize_text(m.group(2))
+        if rest == norm_options[letters.index(m.group(1))]:
+            return m.group(1)
+        if m.group(1) != "A" and rest in norm_options:
+            return None  # "B circle" when B is not circle: the letter and the text contradict each other
     m = re.search(r"\banswer(?:\s+is)?\s*[:\-]?\s*[(\[]?([A-Z])\b", text, flags=re.IGNORECASE)
     if m and m.group(1).upper() in letters:
         return m.group(1).upper()

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dpvr.evaluation import benchmark as bench
 from dpvr.evaluation.generation import Prompt, blank_image, generate, user_turn
@@ -40,6 +40,7 @@ from dpvr.evaluation.report import markdown_report, markdown_table
 from dpvr.io import commit_unit, discard_staging, recover_units, staging_dir, write_json_atomic, write_text_atomic
 from dpvr.outlock import output_lock
 from dpvr.progress import bar as progress_bar
+from dpvr.validation import open_image
 
 BLIND_MODES = ("off", "also", "only")
 BLIND_SUFFIX = " [blind]"
@@ -73,6 +74,7 @@ class EvalSettings:
     device: str = "auto"
     attn_implementation: str = "sdpa"
     progress: bool = True
+    allow_outside_paths: bool = False  # image paths may resolve outside the benchmark folder
 
     def __post_init__(self) -> None:
         if self.blind is True or self.blind is False:
@@ -90,14 +92,8 @@ class EvalSettings:
 # --------------------------------------------------------------------------- one model on records
 
 def _open_image(root: Path, record: dict) -> Image.Image:
-    path = root / record["image"]
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} of record {record['id']!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"image {path} of record {record['id']!r} cannot be read ({err})") from None
+    # the path was checked against the benchmark folder when the record was loaded (benchmark.load_family)
+    return open_image(root / record["image"], f"record {record['id']!r}")
 
 
 def answer_records(model, processor, records: list[dict], root: str | Path, *, blind: bool = False,
@@ -177,12 +173,14 @@ def accuracy_report(model, processor, root: str | Path, families=None, *, blind:
 
 
 def load_records(root: str | Path, families: list[str] | None = None, limit: int | None = None,
-                 circular: bool = False, check_images: bool = True) -> dict[str, list[dict]]:
+                 circular: bool = False, check_images: bool = True,
+                 allow_outside_paths: bool = False) -> dict[str, list[dict]]:
     """Validated records per family (all of ``root``'s families by default), expanded for circular mode."""
     families = list(families) if families else bench.available_families(root)
     out = {}
     for fam in families:
-        records = bench.load_family(root, fam, limit=limit, check_images=check_images)
+        records = bench.load_family(root, fam, limit=limit, check_images=check_images,
+                                    allow_outside_paths=allow_outside_paths)
         out[fam] = bench.expand_circular(records) if circular else records
     return out
 
@@ -252,7 +250,7 @@ def _run_eval(specs: list[MethodSpec], out: Path, model, settings: EvalSettings,
     _check_out(out)
     root = Path(settings.benchmark) if settings.benchmark else _default_benchmark()
     records = load_records(root, settings.families, settings.limit, settings.circular,
-                           check_images=settings.blind != "only")
+                           check_images=settings.blind != "only", allow_outside_paths=settings.allow_outside_paths)
     families = list(records)
     if base is None:
         base, processor, model_path = load_base(model, settings.dtype, settings.device, settings.attn_implementation)

@@ -13,6 +13,8 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
+from dpvr.validation import validate_grid
+
 AXES = {
     "split": int,
     "num_fusion_layers": int,
@@ -83,7 +85,7 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
             for v in values:
                 resolve_layer_list(v, split=1, num_layers=2, check_only=True)
         grid[key] = values
-    return grid
+    return validate_grid(grid)
 
 
 def expand_grid(grid: dict[str, list], variants: list[str], seeds: list[int]) -> list[Point]:

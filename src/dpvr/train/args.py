@@ -49,6 +49,7 @@ class TrainArgs:
     save_steps: int | None = None  # mid-run checkpoints (for --resume); None: only the final adapter
     resume: str | None = None  # a checkpoint folder, or "latest"
     skip_bad: bool = False
+    allow_outside_paths: bool = False  # images may resolve outside the image folder (../, absolute, symlinks)
     progress: bool = True
 
     def __post_init__(self):

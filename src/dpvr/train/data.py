@@ -8,46 +8,39 @@ reported by id before training starts — or skipped and counted with ``skip_bad
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from dpvr.data.llava_format import IGNORE_INDEX, tokenize_conversation
+from dpvr.validation import (BadInput, check_image, open_image, read_records, resolve_inside,
+                             validate_training_record)
 
 log = logging.getLogger(__name__)
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Read a LLaVA conversation file (JSON list, or JSON Lines); errors name the line or record."""
+def load_records(path: str | Path, skip_bad: bool = False, skipped: dict | None = None) -> list[dict]:
+    """Read a LLaVA conversation file (JSON list, or JSON Lines), every record checked against the schema.
+
+    Errors name the line or the record's index, id and field (:class:`dpvr.validation.BadInput`). With
+    ``skip_bad`` a record that fails the schema is left out and its message kept in ``skipped``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist; pass --data with a LLaVA conversation JSON")
-    text = path.read_text()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    records = []
+    for i, rec in enumerate(read_records(path, "LLaVA conversation file")):
         try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from err
-    else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {lineno}: not a JSON record ({err.msg})") from err
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or "conversations" not in rec:
-            raise ValueError(f"{path}: record {i} (id {rec.get('id', '?') if isinstance(rec, dict) else '?'}) "
-                             "is not a LLaVA conversation (needs 'conversations')")
+            records.append(validate_training_record(rec, f"{path}: record {i}"))
+        except BadInput as err:
+            if not skip_bad:
+                raise
+            if skipped is not None:
+                skipped[f"record {i}"] = str(err)
     if not records:
-        raise ValueError(f"{path} holds no records")
+        raise BadInput(f"{path} holds no usable records")
     return records
 
 
@@ -58,54 +51,71 @@ def num_image_tokens(model_config) -> int:
     return n + (1 if getattr(model_config, "vision_feature_select_strategy", "default") == "full" else 0)
 
 
+def _longest_token(tokenizer) -> int:
+    """Characters of the longest vocabulary entry: a text longer than ``max_length`` times this cannot fit."""
+    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+
+
 @dataclass
 class Example:
     id: str
     input_ids: list[int]
     labels: list[int]
-    image: str | None
+    image: str | None  # path of the image file (inside the image folder unless allowed otherwise)
 
 
 class LlavaConversationDataset(torch.utils.data.Dataset):
     """Tokenised LLaVA conversations with their images (loaded lazily, through the image processor)."""
 
     def __init__(self, records: list[dict], image_folder: str | Path | None, processor, image_tokens: int,
-                 max_length: int | None = None, skip_bad: bool = False):
+                 max_length: int | None = None, skip_bad: bool = False, allow_outside_paths: bool = False):
         self.processor = processor
         self.image_folder = Path(image_folder) if image_folder is not None else None
+        self.allow_outside_paths = allow_outside_paths
         self.examples: list[Example] = []
         self.skipped: dict[str, str] = {}
-        for rec in records:
+        self._max_chars = None if max_length is None else max_length * _longest_token(processor.tokenizer)
+        for i, rec in enumerate(records):
             try:
-                self.examples.append(self._prepare(rec, image_tokens, max_length))
+                self.examples.append(self._prepare(rec, image_tokens, max_length, i))
             except (ValueError, FileNotFoundError) as err:
                 if not skip_bad:
                     raise
-                self.skipped[str(rec.get("id", "?"))] = str(err)
+                self.skipped[str(rec.get("id", i)) if isinstance(rec, dict) else str(i)] = str(err)
         if self.skipped:
             log.warning("skipped %d bad record(s) of %d; first: %s", len(self.skipped), len(records),
                         next(iter(self.skipped.values())))
         if not self.examples:
-            raise ValueError("no usable training records")
+            skipped = f" ({len(self.skipped)} skipped as bad)" if self.skipped else ""
+            raise BadInput(f"no usable training records{skipped}")
 
-    def _prepare(self, rec: dict, image_tokens: int, max_length: int | None) -> Example:
-        rid = str(rec.get("id", "?"))
+    def _prepare(self, rec: dict, image_tokens: int, max_length: int | None, index: int = 0) -> Example:
+        validate_training_record(rec, f"record {index}")
+        rid = str(rec.get("id", index))
         image = rec.get("image")
+        if isinstance(image, list):
+            raise BadInput(f"record {rid!r} has {len(image)} images; training takes one image per record")
         if image is not None:
             if self.image_folder is None:
-                raise ValueError(f"record {rid!r} has an image but no --image-folder was given")
-            if not (self.image_folder / image).is_file():
-                raise FileNotFoundError(f"record {rid!r}: image {self.image_folder / image} does not exist")
-        n_placeholders = sum(t.get("value", "").count("<image>") for t in rec["conversations"])
+                raise BadInput(f"record {rid!r} has an image but no --image-folder was given")
+            path = resolve_inside(self.image_folder, image, f"record {rid!r}", self.allow_outside_paths)
+            if not path.is_file():
+                raise FileNotFoundError(f"record {rid!r}: image {path} does not exist")
+            check_image(path, f"record {rid!r}")
+        n_placeholders = sum(t["value"].count("<image>") for t in rec["conversations"])
         if image is not None and n_placeholders != 1:
-            raise ValueError(f"record {rid!r} has an image but {n_placeholders} '<image>' placeholders (need 1)")
+            raise BadInput(f"record {rid!r} has an image but {n_placeholders} '<image>' placeholders (need 1)")
         if image is None and n_placeholders:
-            raise ValueError(f"record {rid!r} has '<image>' in its text but no 'image' field")
+            raise BadInput(f"record {rid!r} has '<image>' in its text but no 'image' field")
+        chars = sum(len(t["value"]) for t in rec["conversations"])
+        if self._max_chars is not None and chars > self._max_chars:  # certainly too long: no need to tokenise
+            raise BadInput(f"record {rid!r} has {chars:,} characters, more than {max_length} tokens can hold; "
+                           "shorten it or pass --skip-bad to drop such records")
         tok = tokenize_conversation(rec, self.processor.tokenizer, num_image_tokens=image_tokens)
         if max_length is not None and len(tok["input_ids"]) > max_length:
-            raise ValueError(f"record {rid!r} is {len(tok['input_ids'])} tokens, longer than the model's "
-                             f"max length {max_length}; shorten it or pass --skip-bad to drop such records")
-        return Example(rid, tok["input_ids"], tok["labels"], image)
+            raise BadInput(f"record {rid!r} is {len(tok['input_ids'])} tokens, longer than the model's "
+                           f"max length {max_length}; shorten it or pass --skip-bad to drop such records")
+        return Example(rid, tok["input_ids"], tok["labels"], None if image is None else str(path))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -114,8 +124,8 @@ class LlavaConversationDataset(torch.utils.data.Dataset):
         ex = self.examples[i]
         item = {"input_ids": torch.tensor(ex.input_ids), "labels": torch.tensor(ex.labels)}
         if ex.image is not None:
-            with Image.open(self.image_folder / ex.image) as img:
-                pixels = self.processor.image_processor(img.convert("RGB"), return_tensors="pt")["pixel_values"]
+            img = open_image(ex.image, f"record {ex.id!r}")
+            pixels = self.processor.image_processor(img, return_tensors="pt")["pixel_values"]
             item["pixel_values"] = pixels  # (1, 3, H, W)
         return item
 

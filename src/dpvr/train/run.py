@@ -47,6 +47,11 @@ ZERO_GRADIENT_WHY = (
     "the side branch at all (paper, Appendix A). Training changes nothing; use 'lf' (one fusion layer) instead."
 )
 
+ZERO_GRADIENT_TEXT_ONLY = (
+    "the side-branch gradient of the first step is exactly zero: its batch has no image, so the side branch takes "
+    "no part in the loss. That is expected for text-only samples; batches with images train it."
+)
+
 
 def default_split(num_layers: int) -> int:
     """The paper's 7B split ratio (18 of 32 layers) applied to another depth, kept inside 1..N-1."""
@@ -101,7 +106,20 @@ class _Trainer(Trainer):
 
     Each checkpoint gets a completeness marker written last (dpvr.train.checkpoints), with the running
     loss sum, so ``--resume latest`` skips a partial checkpoint and a resumed run reports the same loss.
+
+    A batch whose loss does not reach a trainable parameter (text only: the side branch takes no part)
+    trains with a zero gradient instead of failing in backward: that is a fact of the batch, not an error.
     """
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        loss = result[0] if return_outputs else result
+        if torch.is_grad_enabled() and not loss.requires_grad:
+            # Every trainable parameter joins the graph with a zero coefficient: zero gradients, and every
+            # process of a multi-process run still takes part in the gradient all-reduce.
+            loss = loss + sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, *result[1:]) if return_outputs else loss
+        return result
 
     def _save(self, output_dir=None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model)
@@ -141,13 +159,16 @@ class _GradProbe(TrainerCallback):
         norm = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
         self.first_step = {"grad_norm": norm, "nonzero_grad_elements": nonzero, "tensors_with_grad": len(grads)}
         if nonzero == 0 and state.is_world_process_zero:
-            log.warning(ZERO_GRADIENT_WHY)
-            print(f"dpvr train: {ZERO_GRADIENT_WHY}", flush=True)
+            inner = getattr(model, "module", model)
+            config = getattr(inner, "dpvr_config", None)
+            why = ZERO_GRADIENT_WHY if config is None or config.variant == "ideal" else ZERO_GRADIENT_TEXT_ONLY
+            log.warning(why)
+            print(f"dpvr train: {why}", flush=True)
 
 
-def _split_heldout(records: list[dict], args: TrainArgs) -> tuple[list[dict], list[dict]]:
+def _split_heldout(records: list[dict], args: TrainArgs, skipped: dict | None = None) -> tuple[list[dict], list[dict]]:
     if args.eval_data:
-        return records, load_records(args.eval_data)[: args.eval_samples]
+        return records, load_records(args.eval_data, args.skip_bad, skipped)[: args.eval_samples]
     n_eval = min(args.eval_samples, len(records) // 10)
     if n_eval == 0:  # too few records to hold any out: the before/after loss is measured on training records
         log.warning("fewer than 10 records: evaluating on training records (pass --eval-data for a held-out set)")
@@ -209,8 +230,10 @@ def _train(args: TrainArgs, out: Path) -> dict:
 
     resume = resolve_resume(args, out)  # before any work: a partial checkpoint is refused at once
     model_dir, data_path, image_folder = resolve_inputs(args)
-    records = load_records(data_path)
-    train_records, eval_records = _split_heldout(records, args)
+    schema_skipped: dict[str, str] = {}
+    records = load_records(data_path, args.skip_bad, schema_skipped)  # bad input is reported before --out is made
+    train_records, eval_records = _split_heldout(records, args, schema_skipped)
+    _check_writable(out)
     if args.max_samples is not None:
         train_records = train_records[: args.max_samples]
 
@@ -218,7 +241,8 @@ def _train(args: TrainArgs, out: Path) -> dict:
     base, processor = load_base(model_dir, args.bf16)
     image_tokens = num_image_tokens(base.config)
     max_length = getattr(base.config.get_text_config(), "max_position_embeddings", None)
-    make = lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length, args.skip_bad)  # noqa: E731
+    make = lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length,  # noqa: E731
+                                                 args.skip_bad, args.allow_outside_paths)
     train_set, eval_set = make(train_records), make(eval_records)
     model = build_trainable(base, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -281,7 +305,7 @@ def _train(args: TrainArgs, out: Path) -> dict:
         "dpvr_config": model.dpvr_config.to_dict() if isinstance(model, DPVRModel) else None,
         "trainable_parameters": trainable,
         "train_records": len(train_set),
-        "skipped_records": len(train_set.skipped),
+        "skipped_records": len(schema_skipped) + len(train_set.skipped) + len(eval_set.skipped),
         "eval_records": len(eval_set),
         "global_steps": global_step,
         # the mean over every step of the run, resumed ones included (HF averages the steps of this call only)

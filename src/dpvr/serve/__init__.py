@@ -19,11 +19,17 @@ ARCHITECTURE = "DPVRLlavaForConditionalGeneration"
 
 
 def register() -> None:
-    """vLLM's plugin hook: register the model class (imported lazily, by name)."""
+    """vLLM's plugin hook: register the model class.
+
+    The class itself, not its ``"module:Class"`` name: vLLM inspects a model registered by name in a
+    fresh subprocess (another import of vLLM, ~30 s on 2 cores) before every start.
+    """
     from vllm import ModelRegistry
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, "dpvr.serve.model:DPVRLlavaForConditionalGeneration")
+        from dpvr.serve.model import DPVRLlavaForConditionalGeneration
+
+        ModelRegistry.register_model(ARCHITECTURE, DPVRLlavaForConditionalGeneration)
 
 
 def llm_kwargs(model: str | Path, adapter: str | Path | None = None, verify: bool = True) -> dict:

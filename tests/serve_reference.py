@@ -9,7 +9,8 @@ noise (30 % of each tensor's std, so the side output differs clearly from the la
 from and a routing bug changes tokens), saved with ``save_pretrained``; and ``OUT/reference.json``:
 the prompts (chat-rendered text, image file, token ids) and, for ``vanilla`` and each adapter
 reloaded with ``DPVRModel.from_pretrained``, the greedy tokens of each prompt (image and EOS tokens
-suppressed, so that every prompt decodes ``--max-new-tokens`` steps through the cache). ``lf-sparse`` fuses in layers 5 and 7 (text-only 4 and 6).
+suppressed, so that every prompt decodes ``--max-new-tokens`` steps through the cache); and ``answers``:
+what ``dpvr eval``'s generation code answers to the first question (vanilla and lf). ``lf-sparse`` fuses in layers 5 and 7 (text-only 4 and 6).
 """
 
 from __future__ import annotations
@@ -84,9 +85,16 @@ def main() -> None:
                 ids = model.generate(**item["_enc"], max_new_tokens=args.max_new_tokens, do_sample=False,
                                      suppress_tokens=[image_id, eos_id], pad_token_id=processor.tokenizer.pad_token_id)
             outputs[name].append(ids[0, item["_enc"]["input_ids"].shape[1]:].tolist())
+    # dpvr eval's own generation code on the first question (EOS allowed): the chat-completions reference
+    from dpvr.evaluation.generation import Prompt, generate, user_turn
+
+    first = items[0]
+    image = Image.open(ckpt / "examples" / first["image"]).convert("RGB")
+    answers = {name: generate(models[name], processor, [Prompt([user_turn(first["question"])], [image])],
+                              max_new_tokens=args.max_new_tokens)[0] for name in ("vanilla", "lf")}
     for item in items:
         del item["_enc"]
-    ref = {"checkpoint": str(ckpt), "split": SPLIT, "image_token_id": image_id,
+    ref = {"answers": answers, "checkpoint": str(ckpt), "split": SPLIT, "image_token_id": image_id,
            "eos_token_id": processor.tokenizer.eos_token_id, "max_new_tokens": args.max_new_tokens,
            "prompts": items, "outputs": outputs}
     tmp = args.out / ".reference.json.tmp"

@@ -6,17 +6,23 @@ Python (``DPVR_MAIN_PYTHON``, default ``.venv/bin/python``), because vLLM's envi
 the engine. Each variant serves 14 prompts of 21 to 150 tokens submitted together (continuous
 batching), then a request that repeats the first one's image and question (prefix caching on, 32-token
 blocks: the cached prefix ends inside the image span). ``lf`` also runs with 48-token prefill chunks,
-so image spans are split across steps.
+so image spans are split across steps. ``dpvr serve`` answers an OpenAI chat-completions request with a
+base64 image as ``dpvr eval``'s generation code does, and refuses a mismatched adapter before starting.
 """
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -144,3 +150,64 @@ def test_the_plugin_does_not_import_the_hf_engine():
     code = "import sys, dpvr.serve.model; print(sorted(m for m in sys.modules if m in ('dpvr.engine', 'dpvr.model')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_chat_completion_with_a_base64_image_answers_as_dpvr_eval(reference, tmp_path):
+    from openai import OpenAI
+
+    dpvr_bin = Path(sys.executable).parent / "dpvr"
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    env = os.environ | {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    server = subprocess.Popen(
+        [str(dpvr_bin), "serve", "--model", reference["checkpoint"], "--adapter", str(reference["root"] / "adapters" / "lf"),
+         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--dtype", "float32",
+         "--enforce-eager"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 600  # a cold start on 2 busy cores has taken 3 minutes
+        while True:
+            assert server.poll() is None, "dpvr serve exited: " + (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server not up after 600 s: " + (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(2)
+        prompt = reference["prompts"][0]
+        png = (Path(reference["checkpoint"]) / "examples" / prompt["image"]).read_bytes()
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id, temperature=0, max_tokens=reference["max_new_tokens"],
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
+                {"type": "text", "text": prompt["question"]}]}])
+        assert reply.usage.prompt_tokens == len(prompt["prompt_token_ids"])
+        assert reply.choices[0].message.content.strip() == reference["answers"]["lf"].strip()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_dpvr_serve_refuses_a_mismatched_adapter_before_starting(reference, tmp_path):
+    bad = tmp_path / "other-base"
+    shutil.copytree(reference["root"] / "adapters" / "kv", bad)
+    meta = json.loads((bad / "dpvr_config.json").read_text())
+    meta["base_model"]["fingerprint"]["num_hidden_layers"] = 32
+    (bad / "dpvr_config.json").write_text(json.dumps(meta))
+    dpvr_bin = Path(sys.executable).parent / "dpvr"
+    out = subprocess.run([str(dpvr_bin), "serve", "--model", reference["checkpoint"], "--adapter", str(bad), "--port", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "was made for a different base model" in out.stderr and "num_hidden_layers: adapter has 32" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -12,7 +12,7 @@ import os
 import sys
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep"]
+SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep", "serve"]
 
 
 class UserError(Exception):
@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Subcommands that wrap another tool (``serve``: vLLM's server) pass options they do not know through.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

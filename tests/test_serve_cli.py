@@ -45,6 +45,8 @@ def test_the_engines_adapter_loads_for_serving(adapter):
     kwargs = llm_kwargs(checkpoint_path(), adapter)
     assert kwargs["hf_overrides"] == {"architectures": ["DPVRLlavaForConditionalGeneration"],
                                       "dpvr_adapter": str(adapter.resolve())}
+    assert kwargs["enforce_eager"] is True  # lf's text-only layers: no CUDA graphs
+    assert "enforce_eager" not in llm_kwargs(checkpoint_path())  # vanilla keeps vLLM's defaults
 
 
 def test_a_mismatched_adapter_gets_the_engines_message(base, adapter, tmp_path):

@@ -45,6 +45,8 @@ def vllm_command(model: str, adapter: str | None, extra: list[str]) -> list[str]
         raise ValueError("dpvr serve sets --hf-overrides itself (the plugin's architecture and the adapter); drop it")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", kwargs["model"],
            "--hf-overrides", json.dumps(kwargs["hf_overrides"])]
+    if kwargs.get("enforce_eager") and "--enforce-eager" not in extra:
+        cmd.append("--enforce-eager")  # lf's text-only layers cannot run in CUDA graphs
     return cmd + list(extra)
 
 

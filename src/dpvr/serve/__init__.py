@@ -5,7 +5,7 @@ folder loads as the DPVR model with :func:`llm_kwargs`::
 
     from vllm import LLM
     from dpvr.serve import llm_kwargs
-    llm = LLM(**llm_kwargs("path/to/llava", adapter="path/to/adapter"), enforce_eager=True)
+    llm = LLM(**llm_kwargs("path/to/llava", adapter="path/to/adapter"))
 
 This package never imports dpvr's HF engine (``dpvr.engine``, ``dpvr.model``): it reads the adapter's
 ``dpvr_config.json`` and safetensors itself (:mod:`dpvr.serve.adapter`).
@@ -36,11 +36,16 @@ def llm_kwargs(model: str | Path, adapter: str | Path | None = None, verify: boo
     """``vllm.LLM`` / engine arguments that load ``model`` (a LLaVA folder) as the DPVR model with ``adapter``.
 
     The adapter is checked against the model here (``verify``), so a mismatch fails before vLLM starts.
+    Variants with text-only layers (``lf``) also get ``enforce_eager=True`` (their attention cannot be
+    captured in a CUDA graph).
     """
     from dpvr.serve.adapter import load_serve_adapter
 
     adapter = None if adapter is None else str(Path(adapter).resolve())
-    if verify:
-        load_serve_adapter(model, adapter)
+    plan = load_serve_adapter(model, adapter, verify_base=verify).plan
     overrides = {"architectures": [ARCHITECTURE], "dpvr_adapter": adapter}
-    return {"model": str(Path(model).resolve()), "hf_overrides": overrides}
+    out = {"model": str(Path(model).resolve()), "hf_overrides": overrides}
+    if plan.layers_with_mode("text"):
+        # text-only layers attend in torch with host-side indexing per request: no CUDA-graph capture
+        out["enforce_eager"] = True
+    return out

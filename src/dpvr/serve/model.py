@@ -142,14 +142,10 @@ class DPVRLlavaForConditionalGeneration(nn.Module, SupportsMultiModal):
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor, intermediate_tensors=None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         lm = self.language_model.model
+        if not self.plan.routed:  # vanilla: vLLM's LLaVA forward (its compiled Llama model where enabled)
+            return lm(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
         hidden = inputs_embeds if inputs_embeds is not None else lm.embed_input_ids(input_ids)  # (n, d)
         plan, layers = self.plan, lm.layers
-        if not plan.routed:  # vanilla: vLLM's LLaVA forward
-            residual = None
-            for layer in layers:
-                hidden, residual = layer(positions, hidden, residual)
-            hidden, _ = lm.norm(hidden, residual)
-            return hidden
         residual = None
         for i in range(plan.split):
             hidden, residual = layers[i](positions, hidden, residual)

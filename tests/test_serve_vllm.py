@@ -5,7 +5,7 @@ vLLM is absent. The reference tokens come from ``tests/serve_reference.py``, run
 Python (``DPVR_MAIN_PYTHON``, default ``.venv/bin/python``), because vLLM's environment cannot import
 the engine. Each variant serves 14 prompts of 21 to 150 tokens submitted together (continuous
 batching), then a request that repeats the first one's image and question (prefix caching on, 32-token
-blocks: the cached prefix ends inside the image span). ``lf`` also runs with 48-token prefill chunks,
+blocks: the cached prefix ends inside the image span). ``lf`` and ``kv`` also run with 48-token prefill chunks,
 so image spans are split across steps. ``dpvr serve`` answers an OpenAI chat-completions request with a
 base64 image as ``dpvr eval``'s generation code does, and refuses a mismatched adapter before starting.
 """
@@ -58,8 +58,9 @@ def _llm(ref: dict, name: str, **extra):
     from dpvr.serve import llm_kwargs
 
     adapter = None if name == "vanilla" else ref["root"] / "adapters" / name
-    return LLM(**llm_kwargs(ref["checkpoint"], adapter), enforce_eager=True, max_model_len=512, max_num_seqs=16,
-               dtype="float32", enable_prefix_caching=True, block_size=32, seed=0, **extra)
+    return LLM(**llm_kwargs(ref["checkpoint"], adapter) | dict(
+        enforce_eager=True, max_model_len=512, max_num_seqs=16, dtype="float32", enable_prefix_caching=True,
+        block_size=32, seed=0, **extra))
 
 
 def _request(ref: dict, prompt: dict) -> dict:
@@ -111,8 +112,9 @@ def test_vllm_greedy_tokens_equal_the_hf_engine(reference, name):
     _check(reference, name)
 
 
-def test_lf_with_image_spans_split_across_prefill_chunks(reference):
-    _check(reference, "lf", max_num_batched_tokens=48)
+@pytest.mark.parametrize("name", ["lf", "kv"])
+def test_image_spans_split_across_prefill_chunks(reference, name):
+    _check(reference, name, max_num_batched_tokens=48)
 
 
 def test_the_references_differ_between_variants(reference):
@@ -211,3 +213,4 @@ def test_dpvr_serve_refuses_a_mismatched_adapter_before_starting(reference, tmp_
     assert out.returncode == 2
     assert "was made for a different base model" in out.stderr and "num_hidden_layers: adapter has 32" in out.stderr
     assert "Traceback" not in out.stderr
+

@@ -57,11 +57,6 @@ def base_fingerprint(base) -> dict:
         "last_layer.mlp.down_proj": bb.layers[-1].mlp.down_proj.weight,
         "lm_head": bb.lm_head.weight,
     }
-    digest = hashlib.sha256()
-    for name, tensor in probes.items():
-        sample = tensor.detach().reshape(-1)[:256].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(name.encode())
-        digest.update(sample.numpy().tobytes())
     return {
         "architecture": type(base).__name__,
         "model_type": getattr(base.config, "model_type", None),
@@ -69,8 +64,22 @@ def base_fingerprint(base) -> dict:
         "hidden_size": tc.hidden_size,
         "vocab_size": tc.vocab_size,
         "image_token_id": bb.image_token_id,
-        "checksum": digest.hexdigest(),
+        "checksum": probe_checksum(probes),
     }
+
+
+# The tensors whose first values the checksum reads, in order (names as in ``base_fingerprint``).
+PROBE_NAMES = ("embed_tokens", "layer0.q_proj", "last_layer.mlp.down_proj", "lm_head")
+
+
+def probe_checksum(probes: dict) -> str:
+    """sha256 over the first 256 values (as bfloat16) of each probe tensor, in ``PROBE_NAMES`` order."""
+    digest = hashlib.sha256()
+    for name in PROBE_NAMES:
+        sample = probes[name].detach().reshape(-1)[:256].to("cpu", torch.bfloat16).view(torch.int16)
+        digest.update(name.encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def adapter_files(model) -> tuple[dict, dict]:
@@ -211,6 +220,18 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     return validate_adapter_config(meta, adapter_dir / CONFIG_NAME)
 
 
+def verify_fingerprint(meta: dict, actual: dict, adapter_dir: str | Path) -> None:
+    """Refuse an adapter (``meta`` from ``dpvr_config.json``) whose base fingerprint differs from ``actual``."""
+    expected = meta["base_model"].get("fingerprint", {})
+    diffs = [f"{k}: adapter has {expected.get(k)!r}, base has {actual[k]!r}" for k in actual if expected.get(k) != actual[k]]
+    if diffs:
+        made_for = meta["base_model"].get("name_or_path") or "another model"
+        raise ValueError(
+            f"adapter {adapter_dir} was made for a different base model ({made_for}): " + "; ".join(diffs)
+            + ". Load the base it was trained on (or pass verify_base=False if you know they match)."
+        )
+
+
 def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):
     from dpvr.config import DPVRConfig
 
@@ -218,15 +239,7 @@ def load_adapter(cls, base, adapter_dir: str | Path, verify_base: bool = True):
     meta = read_adapter_config(adapter_dir)
     config = DPVRConfig.from_dict(meta["dpvr_config"])
     if verify_base:
-        expected = meta["base_model"].get("fingerprint", {})
-        actual = base_fingerprint(base)
-        diffs = [f"{k}: adapter has {expected.get(k)!r}, base has {actual[k]!r}" for k in actual if expected.get(k) != actual[k]]
-        if diffs:
-            made_for = meta["base_model"].get("name_or_path") or "another model"
-            raise ValueError(
-                f"adapter {adapter_dir} was made for a different base model ({made_for}): " + "; ".join(diffs)
-                + ". Load the base it was trained on (or pass verify_base=False if you know they match)."
-            )
+        verify_fingerprint(meta, base_fingerprint(base), adapter_dir)
     model = cls(base, config)
     load_side_branch_weights(model, adapter_dir)
     return model

@@ -20,7 +20,7 @@ from pathlib import Path
 from dpvr.cli import help as help_format
 
 # Order is the order shown in ``dpvr --help``.
-SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep", "adapter"]
+SUBCOMMANDS: list[str] = ["demo", "data", "tiny", "route", "train", "eval", "analyze", "bench", "sweep", "adapter", "serve"]
 
 
 class UserError(Exception):
@@ -77,7 +77,11 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Subcommands that wrap another tool (``serve``: vLLM's server) pass options they do not know through.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

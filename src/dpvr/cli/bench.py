@@ -7,6 +7,7 @@
     dpvr bench latency --config llava-1.5-7b --device cuda --dtype bf16 --batch-sizes 1,8
     dpvr bench latency --decode --config llava-1.5-7b --device cuda --batch-sizes 1,8,32,64 --repeats 10 --warmup 3
     dpvr bench train --config cpu-mid --methods lf,pc,kv,lora16,full
+    dpvr bench serve --config cpu-mid --methods vanilla,lf        (in the serve venv: vLLM)
 
 ``--config`` (or ``--shape``) takes a bundled shape (llava-1.5-7b, llava-1.5-13b, llava-v1.6-mistral-7b,
 llava-onevision-qwen2-7b, qwen2.5-vl-7b, qwen3-vl-8b, gemma-3-4b, internvl3-8b, smolvlm-2.2b,
@@ -133,6 +134,23 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--no-plot", action="store_true", help="write only train.json")
     _measure_args(tr)
     tr.set_defaults(func=run_train)
+
+    sv = modes.add_parser("serve", help="vLLM serving (serve venv): throughput and time to first token vs vanilla",
+                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("--config", default="cpu-mid", help="bundled shape or config.json (default cpu-mid)")
+    sv.add_argument("--methods", type=_name_list, default=["vanilla", "lf"],
+                    help="comma-separated: vanilla, lf, pc, kv (default vanilla,lf)")
+    sv.add_argument("--split", type=int, default=None, help="split layer s (default: the shape's usual split)")
+    sv.add_argument("--num-prompts", type=int, default=8, help="prompts submitted together (default 8)")
+    sv.add_argument("--system-tokens", type=int, default=32, help="tokens before the image (default 32)")
+    sv.add_argument("--text-tokens", type=int, default=64, help="tokens after the image (default 64)")
+    sv.add_argument("--max-tokens", type=int, default=16, help="tokens generated per prompt (default 16)")
+    sv.add_argument("--ttft-requests", type=int, default=3, help="single requests timed for TTFT (default 3)")
+    sv.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    sv.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts (default 0)")
+    sv.add_argument("--work-dir", default=None, help="where the random model and adapters are kept (default OUT/models)")
+    sv.add_argument("--out", default="runs/bench", help="output folder for serve.json (default runs/bench)")
+    sv.set_defaults(func=run_serve)
 
     p.set_defaults(func=lambda args: _no_mode(p))
 
@@ -319,4 +337,26 @@ def run_train(args: argparse.Namespace) -> int:
     print(format_train_table(report))
     for path in _write(args.out, "train", report, plot_train, args.no_plot):
         print(f"wrote {path}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("vLLM is not installed in this environment: run `dpvr bench serve` from the serve venv "
+                         "(bash scripts/setup_serve.sh; default /tmp/dpvr-serve-venv/bin/dpvr)")
+    from dpvr.io import write_json_atomic
+    from dpvr.serve.bench import ServeBenchSettings, measure_serving, table
+
+    settings = ServeBenchSettings(
+        config=args.config, methods=args.methods, split=args.split, num_prompts=args.num_prompts,
+        system_tokens=args.system_tokens, text_tokens=args.text_tokens, max_tokens=args.max_tokens,
+        ttft_requests=args.ttft_requests, threads=args.threads, seed=args.seed)
+    out = Path(args.out)
+    report = measure_serving(settings, Path(args.work_dir) if args.work_dir else out / "models")
+    print(f"{args.config} in vLLM {report['vllm']} (eager, fp32, {args.threads} threads, {report['machine']['cpus']} CPUs); "
+          f"prompt {report['methods']['vanilla']['prompt_tokens']} tokens, split {report['settings']['split']}")
+    print(table(report))
+    print(f"wrote {write_json_atomic(out / 'serve.json', report)}")
     return 0

@@ -66,5 +66,32 @@ def load_model(model_path: str | Path | None, *, dtype: str = "auto", device: st
                                                         attn_implementation=attn_implementation)
     model.to(dev).eval()
     adapter_for(model)
-    processor = AutoProcessor.from_pretrained(model_path)
+    try:
+        processor = AutoProcessor.from_pretrained(model_path)
+    except ImportError as err:  # e.g. Qwen's video processor needs torchvision; images work without it
+        processor = processor_without_video(model_path, config, err)
     return model, processor, name or str(model_path)
+
+
+def processor_without_video(model_path, config, err: ImportError):
+    """The family's processor with its image processor and tokenizer but no video processor.
+
+    Families whose processor has a video processor (Qwen2-VL, LLaVA-OneVision, ...) cannot build it
+    without torchvision; images and text need only PIL, so dpvr evaluates and trains on images then.
+    """
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    cls = PROCESSOR_MAPPING.get(type(config), None)
+    if cls is None or "video_processor" not in cls.get_attributes():
+        raise ValueError(f"cannot load the processor of {model_path}: {str(err).strip().splitlines()[0]}") from None
+
+    class ImageOnly(cls):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            kwargs.pop("video_processor", None)
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
+    processor = ImageOnly.from_pretrained(model_path)
+    processor.video_processor = None
+    return processor

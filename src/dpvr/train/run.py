@@ -35,6 +35,7 @@ from dpvr.loading import load_model
 from dpvr.model import DPVRModel, get_dpvr_model
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
+from dpvr.train.family_data import FamilyDataCollator, ProcessorConversationDataset
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,21 @@ def load_base(model_dir: str, bf16: bool = False):
         raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a LLaVA checkpoint")
     base, processor, _ = load_model(path, dtype="bfloat16" if bf16 else "float32", device="cpu")
     return base, processor
+
+
+def datasets_for(base, processor, image_folder, max_length, skip_bad: bool):
+    """(records -> dataset, collator class) for the base's family.
+
+    LLaVA-1.5 (a fixed number of image tokens per image) keeps its own tokenisation; every other family
+    lets its processor expand the images (grid- or AnyRes-dependent counts) and passes all its outputs on.
+    """
+    if base.config.model_type == "llava":
+        image_tokens = num_image_tokens(base.config)
+        return (lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length,  # noqa: E731
+                                                      skip_bad)), DataCollator
+    visual = adapter_for(base).all_visual_ids()
+    return (lambda recs: ProcessorConversationDataset(recs, image_folder, processor, visual, max_length,  # noqa: E731
+                                                      skip_bad)), FamilyDataCollator
 
 
 def build_trainable(base, args: TrainArgs):
@@ -195,9 +211,8 @@ def train(args: TrainArgs) -> dict:
 
     set_seed(args.seed)
     base, processor = load_base(model_dir, args.bf16)
-    image_tokens = num_image_tokens(base.config)
     max_length = getattr(base.config.get_text_config(), "max_position_embeddings", None)
-    make = lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length, args.skip_bad)  # noqa: E731
+    make, collator_class = datasets_for(base, processor, image_folder, max_length, args.skip_bad)
     train_set, eval_set = make(train_records), make(eval_records)
     model = build_trainable(base, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -231,7 +246,7 @@ def train(args: TrainArgs) -> dict:
     )
     loss_path = out / "loss.jsonl"
     probe = _GradProbe()
-    trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=DataCollator(pad_id),
+    trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=collator_class(pad_id),
                        callbacks=[_LossLog(loss_path), probe])
     resume = args.resume
     if resume == "latest":
@@ -242,7 +257,7 @@ def train(args: TrainArgs) -> dict:
         loss_path.write_text("")
     # Held-out loss outside the Trainer: evaluating through it before train() leaves the model marked as
     # prepared, and train() then skips the DDP wrap in multi-process runs.
-    collator = DataCollator(pad_id)
+    collator = collator_class(pad_id)
     eval_before = heldout_loss(model, eval_set, collator, args.batch_size)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from dpvr.backbones import UnsupportedModelError
+
     try:
         result = args.func(args)
-    except (UserError, FileNotFoundError, ValueError) as err:
+    except (UserError, FileNotFoundError, ValueError, UnsupportedModelError) as err:
         # Library code raises ValueError/FileNotFoundError with user-facing messages.
         if os.environ.get("DPVR_DEBUG"):
             raise

@@ -8,6 +8,7 @@ an unsupported model type gets the same one-line message everywhere.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -79,6 +80,7 @@ def processor_without_video(model_path, config, err: ImportError):
     Families whose processor has a video processor (Qwen2-VL, LLaVA-OneVision, ...) cannot build it
     without torchvision; images and text need only PIL, so dpvr evaluates and trains on images then.
     """
+    from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     cls = PROCESSOR_MAPPING.get(type(config), None)
@@ -92,6 +94,13 @@ def processor_without_video(model_path, config, err: ImportError):
                              chat_template=chat_template, **kwargs)
 
     ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
-    processor = ImageOnly.from_pretrained(model_path)
+    settings, _ = cls.get_processor_dict(str(model_path))  # processor_config.json + chat template
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer",
+                                                                   "video_processor"}
+    settings = {k: v for k, v in settings.items() if k in accepted}
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    settings.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
+    processor = ImageOnly(image_processor=AutoImageProcessor.from_pretrained(model_path), tokenizer=tokenizer,
+                          **settings)
     processor.video_processor = None
     return processor

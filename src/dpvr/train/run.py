@@ -67,7 +67,7 @@ def resolve_inputs(args: TrainArgs) -> tuple[str, str, str]:
 def load_base(model_dir: str, bf16: bool = False):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a LLaVA checkpoint")
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a checkpoint of a supported family")
     base, processor, _ = load_model(path, dtype="bfloat16" if bf16 else "float32", device="cpu")
     return base, processor
 

@@ -207,5 +207,5 @@ def test_not_llava_style_model_is_refused():
 
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=1))
-    with pytest.raises(ValueError, match="not a LLaVA-style model"):
+    with pytest.raises(ValueError, match="no backbone adapter for model type 'llama'"):
         analyze_saturation(llama, [], progress=False)

@@ -94,3 +94,47 @@ def test_multi_round_and_loglikelihood(tiny):
         (lp_gen, greedy_gen), (lp_other, greedy_other) = lls[2 * i], lls[2 * i + 1]
         assert greedy_gen and not greedy_other
         assert lp_gen > lp_other
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory) -> Path:
+    from family_dirs import build_qwen2_vl
+
+    return build_qwen2_vl(tmp_path_factory.mktemp("lmmsqwen"))
+
+
+def test_data_parallel_on_qwen2_vl_gives_the_figures_of_dpvr_eval(qwen, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo), a Qwen2-VL through its own processor: each process answers
+    its shard, lmms-eval merges them, and every answer is the one `dpvr eval` gives."""
+    import os
+    import subprocess
+    import sys
+
+    from dpvr.lmms_eval_plugin import TASKS_DIR
+
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DPVR_BENCHMARK": str(qwen / "data"),
+                        "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
+    ddp_config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ddp_config),
+                          "--num_processes", "2", "--dynamo_backend", "no", "-m", "lmms_eval", "--model", "dpvr",
+                          "--model_args", f"pretrained={qwen / 'model'},method=vanilla,device=cpu",
+                          "--tasks", "dpvr_pope", "--include_path", str(TASKS_DIR), "--limit", "6", "--batch_size", "2",
+                          "--gen_kwargs", "max_new_tokens=2", "--output_path", str(tmp_path / "lmms"), "--log_samples",
+                          "--verbosity", "WARNING"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    assert "2 processes, data parallel" in run.stdout
+    results = sorted((tmp_path / "lmms").rglob("*_results.json"))
+    samples = sorted((tmp_path / "lmms").rglob("*samples_dpvr_pope.jsonl"))
+    assert len(results) == 1 and len(samples) == 1, sorted(p.name for p in (tmp_path / "lmms").rglob("*"))
+    got = json.loads(results[0].read_text())["results"]["dpvr_pope"]
+    rows = [json.loads(line) for line in samples[0].read_text().splitlines()]
+    assert sorted(r["doc_id"] for r in rows) == list(range(6))  # both shards merged, each document once
+
+    want = run_eval(["vanilla"], out=tmp_path / "ours", model=str(qwen / "model"),
+                    settings=EvalSettings(benchmark=str(qwen / "data"), families=["pope"], limit=6, batch_size=2,
+                                          max_new_tokens=2, device="cpu", progress=False))
+    ours = [json.loads(line) for line in (tmp_path / "ours" / "predictions" / "vanilla.jsonl").read_text().splitlines()]
+    theirs = [r["filtered_resps"][0] for r in sorted(rows, key=lambda r: r["doc_id"])]
+    assert theirs == [r["prediction"].strip() for r in ours]
+    assert got["accuracy,none"] == pytest.approx(want["methods"]["vanilla"]["families"]["pope"]["accuracy"])

@@ -8,6 +8,7 @@ an unsupported model type gets the same one-line message everywhere.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -66,5 +67,40 @@ def load_model(model_path: str | Path | None, *, dtype: str = "auto", device: st
                                                         attn_implementation=attn_implementation)
     model.to(dev).eval()
     adapter_for(model)
-    processor = AutoProcessor.from_pretrained(model_path)
+    try:
+        processor = AutoProcessor.from_pretrained(model_path)
+    except ImportError as err:  # e.g. Qwen's video processor needs torchvision; images work without it
+        processor = processor_without_video(model_path, config, err)
     return model, processor, name or str(model_path)
+
+
+def processor_without_video(model_path, config, err: ImportError):
+    """The family's processor with its image processor and tokenizer but no video processor.
+
+    Families whose processor has a video processor (Qwen2-VL, LLaVA-OneVision, ...) cannot build it
+    without torchvision; images and text need only PIL, so dpvr evaluates and trains on images then.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    cls = PROCESSOR_MAPPING.get(type(config), None)
+    if cls is None or "video_processor" not in cls.get_attributes():
+        raise ValueError(f"cannot load the processor of {model_path}: {str(err).strip().splitlines()[0]}") from None
+
+    class ImageOnly(cls):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            kwargs.pop("video_processor", None)
+            super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=chat_template, **kwargs)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
+    settings, _ = cls.get_processor_dict(str(model_path))  # processor_config.json + chat template
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer",
+                                                                   "video_processor"}
+    settings = {k: v for k, v in settings.items() if k in accepted}
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    settings.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
+    processor = ImageOnly(image_processor=AutoImageProcessor.from_pretrained(model_path), tokenizer=tokenizer,
+                          **settings)
+    processor.video_processor = None
+    return processor

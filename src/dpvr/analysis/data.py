@@ -11,6 +11,7 @@ samples actually analysed are loaded.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,11 +82,30 @@ def encode_record(record: dict, processor, image_folder: str | Path, image_token
     ids = enc["input_ids"][0]
     answer_mask = _answer_mask_from_labels(record, processor, ids, image_token_id, len(names))
     if answer_mask is None:
+        answer_mask = _answer_mask_from_template(record, processor, ids, image_token_id)
+    if answer_mask is None:
         answer_mask = _answer_mask(processor, messages, text, ids, image_token_id)
     sample = {"id": rid, "input_ids": ids, "pixel_values": enc.get("pixel_values"), "answer_mask": answer_mask}
     if enc.get("image_sizes") is not None:  # LLaVA-NeXT-style processors
         sample["image_sizes"] = enc["image_sizes"]
+    # Every other processor output the family's forward needs (image_grid_thw, mm_token_type_ids, ...).
+    sample["extra"] = {k: v for k, v in enc.items()
+                       if torch.is_tensor(v) and k not in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
     return sample
+
+
+def _answer_mask_from_template(record, processor, ids, image_token_id: int):
+    """Answer positions from the family-agnostic training tokenisation (`dpvr.train.family_data`), or None."""
+    from dpvr.train.family_data import expand_labels, supervised_tokens
+
+    try:
+        _, unexpanded, labels = supervised_tokens(record, processor)
+        labels = torch.tensor(expand_labels(unexpanded, labels, ids.tolist(), {image_token_id}))
+    except (ValueError, TypeError, KeyError):
+        return None
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    mask[:-1] = labels[1:] != -100  # position p predicts token p+1
+    return mask
 
 
 def _answer_mask_from_labels(record, processor, ids, image_token_id: int, n_images: int):
@@ -98,6 +118,10 @@ def _answer_mask_from_labels(record, processor, ids, image_token_id: int, n_imag
     except ImportError:
         return None
     n_tok = int((ids == image_token_id).sum())
+    template = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None),
+                                                                      "chat_template", None) or ""
+    if not re.search(r"{%-?\s*generation\s*-?%}", template):  # not a template with {% generation %} markers (e.g. Qwen's)
+        return None
     if n_images == 0 or n_tok % n_images:
         return None
     try:

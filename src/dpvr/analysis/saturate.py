@@ -102,7 +102,26 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     sizes = [s["image_sizes"] for s in samples if s.get("image_sizes") is not None]
     if sizes:
         batch["image_sizes"] = torch.cat(sizes)
+    if any(s.get("extra") for s in samples):
+        batch["extra"] = collate_extra([s.get("extra") or {} for s in samples], L)
     return batch
+
+
+def collate_extra(extras: list[dict], width: int) -> dict:
+    """The family's other processor outputs: per-token ones (1, n) right-padded with 0, the rest concatenated."""
+    from dpvr.train.family_data import TOKEN_KEYS, _cat_padded
+
+    out = {}
+    for key in dict.fromkeys(k for e in extras for k in e):
+        if key in TOKEN_KEYS:
+            rows = torch.zeros((len(extras), width), dtype=torch.long)
+            for b, e in enumerate(extras):
+                if key in e:
+                    rows[b, : e[key].shape[-1]] = e[key].reshape(-1)
+            out[key] = rows
+        else:
+            out[key] = _cat_padded([e[key] for e in extras if key in e])
+    return out
 
 
 def _batched(samples: Iterable[dict], batch_size: int, image_id: int, counts: dict) -> Iterator[list[dict]]:
@@ -194,6 +213,8 @@ def analyze_saturation(
                       else batch["pixel_values"].to(device, dtype)}
             if "image_sizes" in batch:
                 inputs["image_sizes"] = batch["image_sizes"].to(device)
+            for key, value in batch.get("extra", {}).items():
+                inputs[key] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
             with LayerProbe(model) as probe:
                 probe.layout = layout
                 if mech is not None:

@@ -186,9 +186,12 @@ def visual_token_ids(model) -> list[int]:
 
 def check_llava_style(model) -> None:
     """Refuse a model dpvr has no backbone adapter for (one message naming its type and the supported ones)."""
-    from dpvr.backbones import adapter_for
+    from dpvr.backbones import UnsupportedModelError, adapter_for
 
-    adapter_for(model)
+    try:
+        adapter_for(model)
+    except UnsupportedModelError as err:
+        raise ValueError(str(err)) from None
     if model.get_output_embeddings() is None:
         raise ValueError(f"{type(model).__name__} has no output embeddings (lm_head): the logit lens needs one")
 

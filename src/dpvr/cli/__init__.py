@@ -52,7 +52,9 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     """
     from PIL import Image
 
-    return (UserError, ValueError, OSError, Image.DecompressionBombError)
+    from dpvr.backbones import UnsupportedModelError  # a model of a family dpvr has no adapter for
+
+    return (UserError, ValueError, OSError, Image.DecompressionBombError, UnsupportedModelError)
 
 
 def _new_folders(path: str | None) -> list[Path]:

@@ -32,6 +32,11 @@ def blank_image(processor=None, color: tuple[int, int, int] = (255, 255, 255)) -
     """A blank image at the processor's input size (white; ``--blind`` answers from the question alone)."""
     size = 336
     ip = getattr(processor, "image_processor", None)
+    budget = getattr(ip, "size", None)
+    budget = budget.get("longest_edge") if isinstance(budget, dict) else getattr(budget, "longest_edge", None)
+    if getattr(ip, "merge_size", None) and budget:
+        # dynamic resolution (Qwen-VL): ``size`` holds pixel counts, not edges; stay inside the budget
+        return Image.new("RGB", (min(size, int(budget ** 0.5)),) * 2, color)
     for attr in ("crop_size", "size"):
         value = getattr(ip, attr, None)
         if isinstance(value, dict):

@@ -4,7 +4,12 @@ It loads the base once, builds the method with :func:`dpvr.evaluation.loading.lo
 answers with the same batched, KV-cached greedy generation as ``dpvr eval``
 (:func:`dpvr.evaluation.generation.generate`), so both give the same predictions on the same
 samples. Requests are answered in the order lmms-eval gives them, ``batch_size`` at a time, grouped
-by task and generation settings. Single process (``rank 0``, ``world_size 1``).
+by task and generation settings. Any family dpvr supports (``pretrained=DIR``), with its own
+processor and chat template.
+
+Data parallel under ``accelerate launch -m lmms_eval ...`` (on CPU: ``configs/accelerate/ddp.yaml``, gloo): each
+process loads the model on its own device, reports its ``rank``/``world_size``, and lmms-eval gives
+it its shard of every task's documents and merges the results on rank 0, as for its own models.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class DPVRLmms(lmms):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.max_new_tokens = int(max_new_tokens)
         self.blind = bool(blind)
+        device = self._setup_processes(device)
         base, processor, path = load_base(strip_quotes(pretrained), dtype=str(dtype),
                                           device=str(device) if device else "auto",
                                           attn_implementation=attn_implementation)
@@ -48,7 +54,29 @@ class DPVRLmms(lmms):
         self._model, self.processor, self.method_info = loaded.model, loaded.processor, loaded.info
         self._base = base
         self._blank = blank_image(self.processor)
-        self.image_token = getattr(self.processor, "image_token", "<image>")
+        self.image_token = getattr(self.processor, "image_token", None) or "<image>"
+
+    def _setup_processes(self, device: str | None) -> str | None:
+        """Rank and world size from accelerate (one process per device, each a shard of the documents)."""
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        self.accelerator = accelerator
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        if self._world_size > 1:
+            if accelerator.device.type != "cpu" and device in (None, "auto", "cuda"):
+                device = str(accelerator.device)  # cuda:<local rank>
+            if self._rank == 0:
+                print(f"dpvr lmms-eval model: {self._world_size} processes, data parallel", flush=True)
+        return device
+
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def world_size(self):
+        return self._world_size
 
     # ------------------------------------------------------------------ lmms-eval plumbing
     @property
@@ -85,7 +113,9 @@ class DPVRLmms(lmms):
         return [self._blank] * len(images) if self.blind else images
 
     def _prompt(self, context: str, images: list) -> Prompt:
-        return Prompt(context_to_messages(context, len(images), self.image_token), images)
+        # Task contexts mark images with LLaVA's "<image>" or the family's own token; the template renders its own.
+        token = self.image_token if self.image_token in context else "<image>"
+        return Prompt(context_to_messages(context, len(images), token), images)
 
     def _gen_settings(self, gen_kwargs: dict) -> tuple[int, list[str], dict]:
         gen_kwargs = dict(gen_kwargs or {})

@@ -38,6 +38,7 @@ from dpvr.train import checkpoints as ckpt
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
 from dpvr.train.progress import use_progress
+from dpvr.train.family_data import FamilyDataCollator, ProcessorConversationDataset
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,24 @@ def resolve_inputs(args: TrainArgs) -> tuple[str, str, str]:
 def load_base(model_dir: str, bf16: bool = False):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a LLaVA checkpoint")
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json); pass --model with a checkpoint of a supported family")
     base, processor, _ = load_model(path, dtype="bfloat16" if bf16 else "float32", device="cpu")
     return base, processor
+
+
+def datasets_for(base, processor, image_folder, max_length, skip_bad: bool, allow_outside_paths: bool = False):
+    """(records -> dataset, collator class) for the base's family.
+
+    LLaVA-1.5 (a fixed number of image tokens per image) keeps its own tokenisation; every other family
+    lets its processor expand the images (grid- or AnyRes-dependent counts) and passes all its outputs on.
+    """
+    if base.config.model_type == "llava":
+        image_tokens = num_image_tokens(base.config)
+        return (lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length,  # noqa: E731
+                                                      skip_bad, allow_outside_paths)), DataCollator
+    visual = adapter_for(base).all_visual_ids()
+    return (lambda recs: ProcessorConversationDataset(recs, image_folder, processor, visual, max_length,  # noqa: E731
+                                                      skip_bad)), FamilyDataCollator
 
 
 def build_trainable(base, args: TrainArgs):
@@ -239,10 +255,9 @@ def _train(args: TrainArgs, out: Path) -> dict:
 
     set_seed(args.seed)
     base, processor = load_base(model_dir, args.bf16)
-    image_tokens = num_image_tokens(base.config)
     max_length = getattr(base.config.get_text_config(), "max_position_embeddings", None)
-    make = lambda recs: LlavaConversationDataset(recs, image_folder, processor, image_tokens, max_length,  # noqa: E731
-                                                 args.skip_bad, args.allow_outside_paths)
+    make, collator_class = datasets_for(base, processor, image_folder, max_length, args.skip_bad,
+                                        args.allow_outside_paths)
     train_set, eval_set = make(train_records), make(eval_records)
     model = build_trainable(base, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -275,7 +290,7 @@ def _train(args: TrainArgs, out: Path) -> dict:
         disable_tqdm=True,  # dpvr.train.progress shows the bar (step/total, loss, ETA)
     )
     probe = _GradProbe()
-    trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=DataCollator(pad_id),
+    trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=collator_class(pad_id),
                        callbacks=[probe])
     use_progress(trainer, f"train {args.variant if args.method == 'dpvr' else args.method}", args.progress)
     saved = ckpt.read_loss_state(resume) if resume else None
@@ -284,7 +299,7 @@ def _train(args: TrainArgs, out: Path) -> dict:
         probe.first_step = saved.get("first_step_gradient")  # measured at step 1, before the interruption
     # Held-out loss outside the Trainer: evaluating through it before train() leaves the model marked as
     # prepared, and train() then skips the DDP wrap in multi-process runs.
-    collator = DataCollator(pad_id)
+    collator = collator_class(pad_id)
     eval_before = heldout_loss(model, eval_set, collator, args.batch_size)
     start = time.perf_counter()
     finished = ckpt.finished_state(resume) if resume else None

@@ -221,17 +221,16 @@ def test_latency_model_builder_is_family_generic(name):
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED_TOTALS[name]
 
 
-def test_latency_prompt_ids_follow_the_layout_and_unbuilt_inputs_are_refused():
-    from dpvr.efficiency.latency import make_inputs, measure_latency, prompt_ids
+def test_prompt_ids_follow_the_layout():
+    from dpvr.efficiency.inputs import token_ids
+    from dpvr.efficiency.latency import make_inputs
 
     cfg = load_shape_config("qwen3-vl-8b")
     layout = prompt_layout(cfg, "video")
-    ids = prompt_ids(cfg, layout, 2, 5, torch.Generator().manual_seed(0))
+    ids = token_ids(cfg, layout, 2, 5, torch.Generator().manual_seed(0))
     assert ids.shape == (2, len(layout.mask(5)))
     assert int((ids == cfg.video_token_id).sum()) == 2 * 7040 and not (ids == cfg.image_token_id).any()
-    with pytest.raises(ValueError, match="inputs come with its backbone adapter"):
-        make_inputs(cfg, 1, 4, 8, 1, torch.float32, torch.device("cpu"))
-    with pytest.raises(ValueError, match="inputs come with its backbone adapter"):
-        measure_latency(cfg, ["lf+fastv-50"])
+    assert int((ids[0] == cfg.vision_start_token_id).sum()) == int((ids[0] == cfg.vision_end_token_id).sum()) == 8
     tiny = make_inputs(load_shape_config("tiny"), 2, 3, 4, 2, torch.float32, torch.device("cpu"))
     assert int((tiny["input_ids"] == 500).sum()) == 2 * 16 and tiny["pixel_values"].shape == (2, 3, 32, 32)
+    assert tiny["input_ids"].shape == (2, 3 + 16 + 4) and tiny["decode_tokens"].shape == (2, 2)

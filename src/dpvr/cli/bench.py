@@ -72,7 +72,8 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                         "shared machine, with --threads 1)")
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    p.add_argument("--system-tokens", type=int, default=35, help="tokens before the image (default 35)")
+    p.add_argument("--system-tokens", type=int, default=None,
+                   help="tokens before the first image (default: the shape's; 35 for LLaVA-1.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -233,7 +234,7 @@ def run_flops(args: argparse.Namespace) -> int:
           f"(D={args.side_depth}) {report['parameters']['side_branch']:,d}")
     print(format_table(report["rows"]))
     print("LM = decoder layers + side branch; whole = LM + vision tower + projector + lm_head "
-          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); vision side: analytic estimate (same for every "
+          f"({args.lm_head} position{'s' if args.lm_head == 'all' else ''}); vision side: analytic (same for every "
           f"method); decode = mean over {args.new_tokens} new token(s); KV cache in {args.dtype}.")
     for path in _write(args.out, "flops", report, plot_flops, args.no_plot):
         print(f"wrote {path}")
@@ -327,7 +328,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     device, dtype = _device_and_dtype(args)
     settings = TrainSettings(
-        text_tokens=args.text_tokens, batch_size=args.batch_size, system_tokens=args.system_tokens,
+        text_tokens=args.text_tokens, batch_size=args.batch_size,
+        system_tokens=35 if args.system_tokens is None else args.system_tokens,
         warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device, threads=args.threads,
         attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory, clock=args.clock,
         split=args.split, num_fusion_layers=args.num_fusion_layers, fusion_layers=args.fusion_layers,

@@ -22,6 +22,11 @@ How it measures (SPEC §9):
   level live-tensor tracker on CPU, in a separate untimed pass); KV-cache bytes: the sum of the
   key/value tensors the cache holds after prefill.
 
+Any family's model is built and fed (:func:`build_random_model`, :mod:`dpvr.efficiency.inputs`);
+routed methods on families other than LLaVA, and cached decode of the M-RoPE families, need their
+backbone adapters in the engine: until then those methods are reported as skipped, with the engine's
+reason.
+
 To add a method, add it to :mod:`dpvr.efficiency.methods` (its analytic schedule) and register a
 builder ``(base_model, Method) -> model`` in :data:`MODEL_BUILDERS`; methods without a builder are
 reported as skipped, with the reason.
@@ -40,11 +45,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, PretrainedConfig
 
-from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
+from dpvr.efficiency.flops import ShapeDims, compare
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.methods import METHODS, Method, make_methods
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import default_split, load_shape_config, shape_name
+from dpvr.shapes.layout import prompt_layout
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -133,8 +139,7 @@ class ModelRunner:
         return self.model(**kwargs)
 
     def prefill(self, inputs: dict):
-        out = self._call(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
-                         attention_mask=inputs["attention_mask"], use_cache=True)
+        out = self._call(**{k: v for k, v in inputs.items() if k != "decode_tokens"}, use_cache=True)
         cache = getattr(out, "cache", None)
         if cache is None:
             cache = getattr(out, "past_key_values", None)
@@ -150,56 +155,21 @@ class ModelRunner:
         return cache
 
 
-def prompt_ids(config: PretrainedConfig, layout, batch: int, text: int, generator: torch.Generator) -> torch.Tensor:
-    """Random prompt ids laid out as ``layout`` plus ``text`` user tokens: the family's image / video token
-    id at visual positions, random ordinary ids (never a special visual id) elsewhere."""
-    vocab = config.get_text_config().vocab_size
-    special = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
-                                                    "video_token_index")} - {None}
-    kinds = layout.kinds(text)
-    ids = torch.randint(4, vocab, (batch, len(kinds)), generator=generator)
-    for bad in special:
-        ids = torch.where(ids == bad, ids.new_tensor(4), ids)
-    for kind, key in (("image", "image_token_id"), ("video", "video_token_id")):
-        at = torch.from_numpy(kinds == kind)
-        if at.any():
-            ids[:, at] = getattr(config, key)
-    return ids
-
-
-INPUT_FAMILIES = ("llava",)
-
-
-def check_inputs_supported(config: PretrainedConfig) -> None:
-    """One clear error, before any model is built, for a family whose pixel inputs are not built yet."""
-    if config.model_type not in INPUT_FAMILIES:
-        raise ValueError(f"dpvr bench latency builds pixel inputs for {', '.join(INPUT_FAMILIES)} shapes only so "
-                         f"far; {config.model_type!r} inputs come with its backbone adapter (dpvr bench flops "
-                         f"--shape works for it now)")
-
-
-def make_inputs(config: PretrainedConfig, batch: int, system: int, text: int, new_tokens: int,
+def make_inputs(config: PretrainedConfig, batch: int, system: int | None, text: int, new_tokens: int,
                 dtype: torch.dtype, device: torch.device, seed: int = 0, layout=None) -> dict:
-    """Random prompt ids laid out as ``system`` tokens, the shape's visual input(s) (``layout``: its default
-    layout), ``text`` tokens; random pixels; and a fixed sequence of decode tokens (never a visual id).
-
-    Pixel inputs are built here for LLaVA-1.5 shapes; the other families' pixel inputs (tiles,
-    ``image_grid_thw``, ``token_type_ids``, ...) come with their backbone adapters (``dpvr.backbones``)."""
+    """Random inputs of any family (:func:`dpvr.efficiency.inputs.model_inputs`): prompt ids laid out as
+    ``system`` tokens (default: the shape's), the shape's visual input(s) (``layout``: its default layout)
+    and ``text`` tokens, the family's pixel tensors and token-type ids; plus a fixed sequence of decode
+    tokens (never a visual id)."""
+    from dpvr.efficiency.inputs import model_inputs, token_ids
     from dpvr.shapes.layout import prompt_layout
 
-    g = torch.Generator().manual_seed(seed)
     layout = layout or prompt_layout(config, system_tokens=system)
-    input_ids = prompt_ids(config, layout, batch, text, g)
-    decode = prompt_ids(config, prompt_layout(config, visuals=[], system_tokens=0), batch, max(new_tokens, 1), g)
-    check_inputs_supported(config)
-    size = config.vision_config.image_size
-    return {
-        "input_ids": input_ids.to(device),
-        "attention_mask": torch.ones_like(input_ids).to(device),
-        "pixel_values": torch.randn(batch * len(layout.visuals), 3, size, size, generator=g).to(device=device,
-                                                                                                dtype=dtype),
-        "decode_tokens": decode.to(device),
-    }
+    inputs = model_inputs(config, layout, batch, text, seed, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs["decode_tokens"] = token_ids(config, prompt_layout(config, visuals=[], system_tokens=0), batch,
+                                        max(new_tokens, 1), g)
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -254,7 +224,7 @@ class LatencySettings:
     text_tokens: list[int] = field(default_factory=lambda: [64, 128])
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     new_tokens: int = 8
-    system_tokens: int = DEFAULT_SYSTEM_TOKENS
+    system_tokens: int | None = None  # tokens before the first image; None: the shape's (35 for LLaVA-1.5)
     warmup: int = 1
     repeats: int = 5
     dtype: str = "float32"
@@ -315,9 +285,9 @@ def measure_latency(
     split = s.split if s.split is not None else default_split(cfg)
     methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth,
                            s.fastv_k, s.fastv_ratio, s.vtw_k)
-    dims = ShapeDims.from_config(cfg)
 
-    check_inputs_supported(cfg)
+    layout = prompt_layout(cfg, system_tokens=s.system_tokens)
+    dims = ShapeDims.from_config(cfg, layout)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
     runners: dict[str, ModelRunner] = {}
     skipped = []
@@ -329,8 +299,8 @@ def measure_latency(
             continue
         try:
             runners[m.label] = ModelRunner(builder(base, m))
-        except NotImplementedError as err:
-            skipped.append({"method": m.name, "reason": str(err)})
+        except (NotImplementedError, ValueError) as err:  # e.g. a family the engine does not route yet
+            skipped.append({"method": m.name, "reason": str(err).splitlines()[0]})
     active = [m for m in methods if m.label in runners]
 
     results = []
@@ -339,10 +309,10 @@ def measure_latency(
     bar = tqdm(total=rounds, desc="bench latency", unit="run", disable=not progress)
     for batch in s.batch_sizes:
         for t in s.text_tokens:
-            inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed)
+            inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed, layout)
             results.extend(_measure_layout(active, runners, inputs, s, device, bar, batch, t))
-            analytic = compare(dims, methods, [t], s.system_tokens, 1, batch, max(s.new_tokens, 1),
-                               torch.empty((), dtype=dtype).element_size())
+            analytic = compare(dims, methods, [t], batch=batch, new_tokens=max(s.new_tokens, 1),
+                               dtype_bytes=torch.empty((), dtype=dtype).element_size(), layout=layout)
             by_label = {r["label"]: r for r in analytic}
             for r in results:
                 if r["batch"] == batch and r["text_tokens"] == t:

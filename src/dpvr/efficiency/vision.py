@@ -17,10 +17,10 @@ qwen3_vl           patch conv + 27 blocks (full attention per frame group) + mer
 mistral3           Pixtral (gated MLP, attention over the image) + 2×2 patch merger + projector
 =================  ================================================================================
 
-These are analytic estimates from the published structure: unlike the language-model count (checked
-exactly against ``torch.utils.flop_counter.FlopCounterMode`` in ``tests/test_family_shapes.py``), the
-vision side is not yet checked against torch's counter; :data:`EXACT` lists the families where it is.
-They change only the "whole" saving, never the LM saving.
+Each rule equals ``torch.utils.flop_counter.FlopCounterMode`` on the vision modules of a scaled-down
+model of its family running the inputs :mod:`dpvr.efficiency.inputs` builds (``tests/test_family_vision.py``;
+images and videos); :data:`EXACT` lists those families. The vision side changes only the "whole"
+saving, never the LM saving.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from __future__ import annotations
 from dpvr.shapes.layout import PromptLayout, _smart_resize, shape_meta, visual_runs
 
 # Families whose analytic vision count is checked equal to torch's FLOP counter on a scaled-down model.
-EXACT: tuple[str, ...] = ()
+EXACT: tuple[str, ...] = ("llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "smolvlm",
+                          "mistral3")
 
 
 def _pair(x) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(TypeError, ValueError):
     """The model is not of a family dpvr has an adapter for."""
 
 

@@ -407,6 +407,7 @@ def _run_and_score(args: _LayerArgs, layer_idx: int, view: _View) -> tuple[torch
 
     def grab(module, a, kw):
         captured["normed"] = kw["hidden_states"] if "hidden_states" in kw else a[0]
+        captured["mask"] = kw.get("attention_mask")  # the layer's own mask (its type's: sliding window, ...)
 
     handle = attn.register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -414,12 +415,12 @@ def _run_and_score(args: _LayerArgs, layer_idx: int, view: _View) -> tuple[torch
     finally:
         handle.remove()
     scores = last_query_attention(attn, captured["normed"], view.position_embeddings, view.attention_mask, args.prompt_len,
-                                  apply_rotary=args.backbone.apply_rotary(attn))
+                                  apply_rotary=args.backbone.apply_rotary(attn), layer_mask=captured["mask"])
     return out, scores
 
 
 def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attention_mask,
-                         prompt_len: int | None = None, apply_rotary=None) -> torch.Tensor:
+                         prompt_len: int | None = None, apply_rotary=None, layer_mask=None) -> torch.Tensor:
     """Head-mean attention probabilities (B, L) of each sample's last real prompt query over its keys.
 
     ``normed`` (B, L, d) is the attention module's input (after the layer's input norm); the
@@ -427,6 +428,8 @@ def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attent
     each sample's last unpadded position before ``prompt_len`` (default: the whole input), so the
     ranking of a prompt does not change when generated tokens are appended to it. ``apply_rotary``:
     the family's (the adapter's ``apply_rotary(attn)``); default: the attention module's own.
+    ``layer_mask``: the 4-D mask the layer's attention received (bool, or additive float), if any; the
+    query then sees only the keys it allows too (a sliding-window layer's window, say).
     """
     batch, length, _ = normed.shape
     positions = torch.arange(length, device=normed.device)
@@ -437,6 +440,9 @@ def last_query_attention(attn, normed: torch.Tensor, position_embeddings, attent
         real = real & (positions < prompt_len)[None, :]
     last = torch.where(real, positions, -1).max(1).values.clamp(min=0)  # (B,)
     allowed = real & (positions[None, :] <= last[:, None])  # (B, L)
+    if isinstance(layer_mask, torch.Tensor) and layer_mask.dim() == 4 and layer_mask.shape[-1] == length:
+        row = layer_mask[:, 0].expand(batch, -1, -1).gather(1, last[:, None, None].expand(-1, 1, length))[:, 0]  # (B, L)
+        allowed = allowed & (row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2)
     q = project_q(attn, gather_positions(normed, last[:, None]))  # (B, H, 1, hd)
     k, _ = project_kv(attn, normed)  # (B, H_kv, L, hd)
     cos, sin = position_embeddings

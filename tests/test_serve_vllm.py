@@ -214,3 +214,29 @@ def test_dpvr_serve_refuses_a_mismatched_adapter_before_starting(reference, tmp_
     assert "was made for a different base model" in out.stderr and "num_hidden_layers: adapter has 32" in out.stderr
     assert "Traceback" not in out.stderr
 
+
+def test_bench_serve_reports_both_methods_and_their_ratios(tmp_path):
+    from dpvr.cli import main
+
+    shape = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 500,
+             "pad_token_id": 501, "projector_hidden_act": "gelu", "tie_word_embeddings": False,
+             "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+             "text_config": {"model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
+                             "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+                             "max_position_embeddings": 1024, "tie_word_embeddings": False, "bos_token_id": 1,
+                             "eos_token_id": 2, "pad_token_id": 501},
+             "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                               "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 64, "patch_size": 8,
+                               "projection_dim": 32}}
+    (tmp_path / "shape.json").write_text(json.dumps(shape))
+    out = tmp_path / "bench"
+    assert main(["bench", "serve", "--config", str(tmp_path / "shape.json"), "--methods", "lf", "--split", "2",
+                 "--num-prompts", "2", "--max-tokens", "2", "--ttft-requests", "1", "--text-tokens", "8",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "serve.json").read_text())
+    assert sorted(report["methods"]) == ["lf", "vanilla"]
+    assert report["methods"]["lf"]["prompt_tokens"] == 32 + 64 + 8  # system words, (64 / 8)**2 image tokens, text
+    for r in report["methods"].values():
+        assert r["requests_per_s"] > 0 and r["ttft_s"] > 0
+    assert report["methods"]["vanilla"]["ratio_vs_vanilla"] == {"ttft_s": 1.0, "requests_per_s": 1.0,
+                                                                 "output_tokens_per_s": 1.0}

@@ -126,6 +126,7 @@ class AdapterDPVRConfig(_Schema):
     side_init: Literal["copy", "random"] = "copy"
     fastv_k: Annotated[StrictInt, Field(ge=1)] | None = None
     fastv_ratio: Annotated[float, Field(ge=0.0, le=1.0, strict=False)] | None = None
+    route: Literal["all", "image", "video"] = "all"  # which visual tokens are routed (dpvr.config.ROUTES)
 
 
 class AdapterBaseModel(_Schema):

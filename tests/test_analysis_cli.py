@@ -128,7 +128,7 @@ def test_cli_adapter_mechanism_checks(workspace, tmp_path, capsys):
 @pytest.mark.parametrize("case, message", [
     ("missing-image", "not found"),
     ("text-only", "no usable samples"),
-    ("not-llava", "no backbone adapter for model type 'llama'; supported: llava"),
+    ("not-llava", "no backbone adapter for model type 'llama'; supported: gemma3, idefics3, internvl, llava"),
     ("missing-data", "not found"),
 ])
 def test_cli_bad_input_is_one_clear_line(workspace, tmp_path, capsys, case, message):

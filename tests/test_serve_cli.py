@@ -57,6 +57,9 @@ def test_a_mismatched_adapter_gets_the_engines_message(base, adapter, tmp_path):
     meta = json.loads((bad / "dpvr_config.json").read_text())
     meta["base_model"]["fingerprint"]["hidden_size"] = 4096
     (bad / "dpvr_config.json").write_text(json.dumps(meta))
+    from dpvr.adapter import rehash_adapter
+
+    rehash_adapter(bad)  # signed on purpose: the fingerprint check, not the integrity check, must refuse it
     with pytest.raises(ValueError) as engine:
         DPVRModel.from_pretrained(base, bad)
     with pytest.raises(ValueError) as served:

@@ -13,10 +13,14 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("adapter", help="verify or re-sign a DPVR adapter folder",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="adapter_command", metavar="ACTION")
-    v = sub.add_parser("verify", help="check the manifest: config checksum, weights checksum, finite values")
+    v = sub.add_parser("verify", help="check the manifest: config checksum, weights checksum, finite values",
+                       description="Check an adapter folder: its config checksum, its weights checksum and that "
+                                   "every weight is finite. One line and exit 2 on the first problem.")
     v.add_argument("adapter_dir", help="adapter folder (dpvr train: OUT/adapter)")
     v.set_defaults(func=_verify)
-    r = sub.add_parser("rehash", help="re-sign dpvr_config.json after a deliberate edit (recomputes the manifest)")
+    r = sub.add_parser("rehash", help="re-sign dpvr_config.json after a deliberate edit (recomputes the manifest)",
+                       description="Re-sign an adapter after a deliberate edit of dpvr_config.json: recompute the "
+                                   "manifest (config and weights sha256). Non-finite weights stay refused.")
     r.add_argument("adapter_dir", help="adapter folder (dpvr train: OUT/adapter)")
     r.set_defaults(func=_rehash)
     p.set_defaults(func=lambda args: p.print_help() or 2)

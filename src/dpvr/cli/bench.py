@@ -121,7 +121,7 @@ def add_parser(subparsers) -> None:
     lat.add_argument("--compile", choices=["eager", "compiled", "both"], default="both",
                      help="--decode: time the eager step, the torch.compile'd one, or both (default both)")
     lat.add_argument("--compile-mode", default=None,
-                     help="--decode: torch.compile mode (default reduce-overhead on CUDA, torch's default on CPU)")
+                     help="--decode: torch.compile mode (when not given: reduce-overhead on CUDA, torch's own on CPU)")
     _measure_args(lat)
     lat.set_defaults(func=run_latency)
 

@@ -51,7 +51,7 @@ class DecodeSettings:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     text_tokens: list[int] = field(default_factory=lambda: [128])
     new_tokens: int = 16
-    system_tokens: int = DEFAULT_SYSTEM_TOKENS
+    system_tokens: int | None = DEFAULT_SYSTEM_TOKENS  # None (the CLI's default): LLaVA-1.5's 35
     warmup: int = 3
     repeats: int = 10
     compile: str = "both"
@@ -157,7 +157,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     with torch.inference_mode():
         for batch in s.batch_sizes:
             for t in s.text_tokens:
-                inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed)
+                inputs = make_inputs(cfg, batch, _system(s), t, s.new_tokens, dtype, device, s.seed)
                 for e in entries:
                     e.prefill(inputs, s.new_tokens)
                 per_token = {e.label: [] for e in entries}
@@ -168,7 +168,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
                         if rnd >= s.warmup:
                             per_token[e.label].append(sec / s.new_tokens)
                         bar.update()
-                analytic = {r["label"]: r for r in compare(dims, methods, [t], s.system_tokens, 1, batch, s.new_tokens,
+                analytic = {r["label"]: r for r in compare(dims, methods, [t], _system(s), 1, batch, s.new_tokens,
                                                            torch.empty((), dtype=dtype).element_size())}
                 results.extend(_rows(entries, per_token, analytic, batch, t, int(inputs["input_ids"].shape[1])))
                 for e in entries:
@@ -232,3 +232,8 @@ def format_decode_table(report: dict) -> str:
 
 def _f(x) -> str:
     return "" if x is None else f"{x:.3f}"
+
+
+def _system(s) -> int:
+    """System tokens of the prompt: the setting, or LLaVA-1.5's 35 when the CLI leaves it to the shape."""
+    return DEFAULT_SYSTEM_TOKENS if s.system_tokens is None else s.system_tokens

@@ -249,7 +249,6 @@ def _train(args: TrainArgs, out: Path) -> dict:
     schema_skipped: dict[str, str] = {}
     records = load_records(data_path, args.skip_bad, schema_skipped)  # bad input is reported before --out is made
     train_records, eval_records = _split_heldout(records, args, schema_skipped)
-    _check_writable(out)
     if args.max_samples is not None:
         train_records = train_records[: args.max_samples]
 

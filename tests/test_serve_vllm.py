@@ -133,6 +133,9 @@ def test_a_mismatched_adapter_is_refused_before_vllm_starts(reference, tmp_path)
     meta = json.loads((bad / "dpvr_config.json").read_text())
     meta["base_model"]["fingerprint"]["checksum"] = "0" * 64
     (bad / "dpvr_config.json").write_text(json.dumps(meta))
+    from dpvr.adapter import rehash_adapter
+
+    rehash_adapter(bad)  # signed on purpose: the base-fingerprint check, not the integrity check, must refuse it
     with pytest.raises(ValueError, match=r"was made for a different base model .*checksum: adapter has '0000"):
         llm_kwargs(reference["checkpoint"], bad)
 
@@ -207,6 +210,9 @@ def test_dpvr_serve_refuses_a_mismatched_adapter_before_starting(reference, tmp_
     meta = json.loads((bad / "dpvr_config.json").read_text())
     meta["base_model"]["fingerprint"]["num_hidden_layers"] = 32
     (bad / "dpvr_config.json").write_text(json.dumps(meta))
+    from dpvr.adapter import rehash_adapter
+
+    rehash_adapter(bad)  # signed on purpose: the base-fingerprint check, not the integrity check, must refuse it
     dpvr_bin = Path(sys.executable).parent / "dpvr"
     out = subprocess.run([str(dpvr_bin), "serve", "--model", reference["checkpoint"], "--adapter", str(bad), "--port", "1"],
                          capture_output=True, text=True, timeout=120)

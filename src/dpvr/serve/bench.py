@@ -93,10 +93,10 @@ def build_random_checkpoint(shape: str, out: Path, seed: int = 0) -> Path:
 def write_copy_adapter(model_dir: Path, variant: str, split: int, out: Path) -> Path:
     """An adapter whose side branch is a copy of layer ``split`` (dpvr's ``side_init="copy"``), made from files."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_safetensors
 
     from dpvr import __version__
-    from dpvr.adapter import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+    from dpvr.adapter import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, sign
     from dpvr.config import DPVRConfig
     from dpvr.serve.adapter import checkpoint_fingerprint
 
@@ -109,11 +109,13 @@ def write_copy_adapter(model_dir: Path, variant: str, split: int, out: Path) -> 
                     if key.startswith(prefix):
                         state[f"side_branch.layers.0.{key[len(prefix):]}"] = f.get_tensor(key).contiguous()
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    weights = save_safetensors(state, metadata={"format": "pt"})
     meta = {"format_version": FORMAT_VERSION, "dpvr_version": __version__, "dpvr_config": config.to_dict(),
             "base_model": {"name_or_path": str(model_dir), "fingerprint": checkpoint_fingerprint(model_dir)},
             "num_parameters": sum(v.numel() for v in state.values())}
-    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # Signed like every saved adapter: the plugin checks the integrity manifest before loading.
+    (out / WEIGHTS_NAME).write_bytes(weights)
+    (out / CONFIG_NAME).write_text(json.dumps(sign(meta, weights), indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -37,8 +37,8 @@ from dpvr.outlock import check_out, output_lock
 from dpvr.train import checkpoints as ckpt
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
+from dpvr.train.family_data import ProcessorConversationDataset
 from dpvr.train.progress import use_progress
-from dpvr.train.family_data import FamilyDataCollator, ProcessorConversationDataset
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def load_base(model_dir: str, bf16: bool = False):
 
 
 def datasets_for(base, processor, image_folder, max_length, skip_bad: bool, allow_outside_paths: bool = False):
-    """(records -> dataset, collator class) for the base's family.
+    """(records -> dataset, collator class) for the base's family (one collator for all).
 
     LLaVA-1.5 (a fixed number of image tokens per image) keeps its own tokenisation; every other family
     lets its processor expand the images (grid- or AnyRes-dependent counts) and passes all its outputs on.
@@ -92,7 +92,7 @@ def datasets_for(base, processor, image_folder, max_length, skip_bad: bool, allo
                                                       skip_bad, allow_outside_paths)), DataCollator
     visual = adapter_for(base).all_visual_ids()
     return (lambda recs: ProcessorConversationDataset(recs, image_folder, processor, visual, max_length,  # noqa: E731
-                                                      skip_bad)), FamilyDataCollator
+                                                      skip_bad, allow_outside_paths)), DataCollator
 
 
 def build_trainable(base, args: TrainArgs):

@@ -189,9 +189,10 @@ def adapter_for_ids(model) -> list[int]:
     return adapter_for(model).all_visual_ids()
 
 
-def test_sweep_on_a_sliding_window_family(tmp_path):
+def test_sweep_on_a_sliding_window_family(tmp_path, capsys):
     """`dpvr sweep` on Gemma 3 (sliding-window and full layers): each point trains, is evaluated by `dpvr eval`'s
-    code and gets the analytic saving of its schedule at the training image's size."""
+    code and gets the analytic saving of its schedule at the training image's size. With one fusion layer (a
+    sliding-window one, 6 positions here) no answer reaches the image, and training says so."""
     from dpvr.cli import main
     from dpvr.config import DPVRConfig
     from dpvr.efficiency.flops import ShapeDims, compare
@@ -205,6 +206,8 @@ def test_sweep_on_a_sliding_window_family(tmp_path):
                  "--model", str(root / "model"), "--data", str(root / "data" / "train.json"), "--benchmark",
                  str(root / "data"), "--families", "pope", "--limit", "2", "--max-steps", "1", "--batch-size", "2",
                  "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "although its batch has images" in said and "sliding-window" in said and "has no image" not in said
     points = {p.name: json.loads((p / "point.json").read_text()) for p in (out / "points").iterdir() if p.is_dir()}
     assert len(points) == 2 and (out / "vanilla.json").is_file()
     config = AutoConfig.from_pretrained(root / "model")

@@ -53,6 +53,15 @@ ZERO_GRADIENT_TEXT_ONLY = (
     "no part in the loss. That is expected for text-only samples; batches with images train it."
 )
 
+ZERO_GRADIENT_OUT_OF_REACH = (
+    "the side-branch gradient of the first step is exactly zero although its batch has images: no answer token "
+    "attends to an image position in the fusion layers, e.g. sliding-window fusion layers (Gemma 3's last layer "
+    "is one) whose window ends before the answers. Choose full-attention fusion layers with --fusion-layers."
+)
+
+#: model inputs that carry images or videos (a batch without any cannot train the side branch)
+VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
+
 
 def default_split(num_layers: int) -> int:
     """The paper's 7B split ratio (18 of 32 layers) applied to another depth, kept inside 1..N-1."""
@@ -128,6 +137,9 @@ class _Trainer(Trainer):
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        probe = next((c for c in self.callback_handler.callbacks if isinstance(c, _GradProbe)), None)
+        if probe is not None and probe.first_step is None and model.training:
+            probe.saw_visual |= any(inputs.get(k) is not None and inputs[k].numel() > 0 for k in VISUAL_INPUTS)
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         loss = result[0] if return_outputs else result
         if torch.is_grad_enabled() and not loss.requires_grad:
@@ -166,6 +178,7 @@ class _GradProbe(TrainerCallback):
 
     def __init__(self):
         self.first_step = None
+        self.saw_visual = False  # set by _Trainer.compute_loss for the batches of the first step
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.first_step is not None or model is None:
@@ -177,7 +190,10 @@ class _GradProbe(TrainerCallback):
         if nonzero == 0 and state.is_world_process_zero:
             inner = getattr(model, "module", model)
             config = getattr(inner, "dpvr_config", None)
-            why = ZERO_GRADIENT_WHY if config is None or config.variant == "ideal" else ZERO_GRADIENT_TEXT_ONLY
+            if config is None or config.variant == "ideal":
+                why = ZERO_GRADIENT_WHY
+            else:
+                why = ZERO_GRADIENT_OUT_OF_REACH if self.saw_visual else ZERO_GRADIENT_TEXT_ONLY
             log.warning(why)
             print(f"dpvr train: {why}", flush=True)
 

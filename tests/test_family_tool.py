@@ -222,3 +222,24 @@ def test_sweep_on_a_sliding_window_family(tmp_path, capsys):
         assert record["flops_saving"] == pytest.approx(rows[-1]["saving_lm"])  # 4 image tokens: the side branch costs more
     savings = sorted(r["flops_saving"] for r in points.values())
     assert savings[0] < savings[1]  # one more fusion layer saves less
+
+
+def test_family_records_are_checked_as_llava_ones(qwen_dir, qwen, tmp_path):
+    """The processor path refuses what the LLaVA path refuses (`dpvr.train.data.check_record`), in one line each."""
+    import re
+
+    from dpvr.validation import BadInput
+
+    model, processor = qwen
+    turns = [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]
+    bad = {
+        "is absolute": {"id": "o", "image": str(tmp_path / "outside.png"), "conversations": turns},
+        "outside": {"id": "u", "image": "../../outside.png", "conversations": turns},
+        "2 '<image>' placeholders": {"id": "p", "image": "images/train/000000.png",
+                                     "conversations": [{"from": "human", "value": "<image><image> hm"}, turns[1]]},
+        "no 'image' field": {"id": "n", "conversations": turns},
+    }
+    for words, record in bad.items():
+        with pytest.raises(BadInput, match=re.escape(words)) as err:
+            _dataset(qwen_dir, processor, model, [record])
+        assert "\n" not in str(err.value)

@@ -10,6 +10,7 @@ reaches the model; the commands run end to end and write their outputs.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from pathlib import Path
 
@@ -89,17 +90,17 @@ def test_labels_are_the_answers_and_images_expand_by_their_grid(qwen_dir, qwen, 
         torch.testing.assert_close(logits[i, : single.shape[0]], single, rtol=1e-4, atol=1e-4)
 
 
-def _assistant_segments(processor, record) -> str:
+def _assistant_segments(processor, record) -> list[str]:
     """What the labels must spell: each answer and the end of its turn, as the chat template renders them."""
     from dpvr.data.llava_format import record_to_messages
     from dpvr.train.family_data import _render
 
     messages = record_to_messages(record)
-    out = ""
+    out = []
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
             upto = _render(processor, messages[: i + 1], add_generation_prompt=False)
-            out += upto[upto.rindex(m["content"][0]["text"]):]  # the answer and what closes its turn
+            out.append(upto[upto.rindex(m["content"][0]["text"]):])  # the answer and what closes its turn
     return out
 
 
@@ -133,7 +134,10 @@ def test_train_eval_analyze_run(family_dir, tmp_path):
     ids, labels = item["input_ids"].tolist(), item["labels"].tolist()
     learned = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
     assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ids, labels)) and not visual & set(learned)
-    assert processor.tokenizer.decode(learned) == _assistant_segments(processor, record)
+    runs = [[t for t, _ in run] for key, run in itertools.groupby(zip(ids, labels), lambda p: p[1] != IGNORE_INDEX)
+            if key]  # one run of label tokens per assistant turn
+    # each run spells its answer and end of turn; a space before the answer may share the answer's first token
+    assert [processor.tokenizer.decode(r).removeprefix(" ") for r in runs] == _assistant_segments(processor, record)
     assert sum(t in visual for t in ids) > 1  # expanded by the processor
 
     model = str(root / "model")

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from family_dirs import TOOL_FAMILIES, build_family, build_llava_next, build_llava_onevision, build_qwen2_vl
+from family_dirs import (TOOL_FAMILIES, build_family, build_llava_next, build_llava_onevision, build_qwen2_vl,
+                         family_tokenizer)
 
 BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava_next": build_llava_next, "llava_onevision": build_llava_onevision,
             **{name: functools.partial(build_family, name) for name in TOOL_FAMILIES}}
@@ -247,3 +248,28 @@ def test_family_records_are_checked_as_llava_ones(qwen_dir, qwen, tmp_path):
         with pytest.raises(BadInput, match=re.escape(words)) as err:
             _dataset(qwen_dir, processor, model, [record])
         assert "\n" not in str(err.value)
+
+
+def test_pixtral_processor_without_torchvision_counts_what_it_expands():
+    """`dpvr.pil_processors.PixtralProcessorPil`: rows of [IMG] ended by [IMG_BREAK], the last by [IMG_END], and the
+    count it predicts from an image's size alone (used to refuse over-long records) is the count it writes."""
+    from PIL import Image
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    from dpvr.pil_processors import PixtralProcessorPil
+
+    slots, pad, eos, bos, extra, template, _ = TOOL_FAMILIES["mistral3"]
+    special = [slots.get(i, f"<|unused_{i}|>") for i in range(max(slots) + 1)]
+    tok = family_tokenizer(["a picture of a red circle"] * 5, special, template, pad=pad, eos=eos, bos=bos, extra=extra)
+    images = PixtralImageProcessorPil(size={"longest_edge": 32}, patch_size={"height": 8, "width": 8})
+    processor = PixtralProcessorPil(images, tok, patch_size=4, spatial_merge_size=2, chat_template=template)
+    step = 8
+    for h, w in [(64, 64), (40, 64), (64, 24), (10, 100), (8, 8)]:
+        enc = processor(images=[Image.new("RGB", (w, h))], text=["[INST][IMG]hi[/INST]"], return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        rows, cols = int(enc["pixel_values"].shape[2]) // step, int(enc["pixel_values"].shape[3]) // step
+        assert (enc["image_sizes"][0] // step).tolist() == [rows, cols]
+        assert ids.count(5) == rows * cols and ids.count(9) == rows - 1 and ids.count(10) == 1
+        span = ids[ids.index(5): ids.index(10) + 1]
+        assert span == ([5] * cols + [9]) * (rows - 1) + [5] * cols + [10]
+        assert processor._get_num_multimodal_tokens(image_sizes=[(h, w)])["num_image_tokens"] == [len(span)]

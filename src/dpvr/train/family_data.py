@@ -30,10 +30,11 @@ import torch
 from PIL import Image
 
 from dpvr.data.llava_format import IGNORE_INDEX, record_to_messages
-from dpvr.train.data import TOKEN_KEYS, DataCollator, _cat_padded, _longest_token, check_record  # noqa: F401
+from dpvr.train.data import TOKEN_KEYS, DataCollator, _longest_token, check_record
 from dpvr.validation import BadInput, open_image
 
 log = logging.getLogger(__name__)
+
 
 def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)

@@ -149,6 +149,9 @@ def add_parser(subparsers) -> None:
     sv.add_argument("--ttft-requests", type=int, default=3, help="single requests timed for TTFT (default 3)")
     sv.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     sv.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts (default 0)")
+    sv.add_argument("--warmup", type=int, default=1, help="untimed rounds per method first (default 1)")
+    sv.add_argument("--repeats", type=int, default=5,
+                    help="timed rounds, methods interleaved; ratios are their median with IQR (default 5)")
     sv.add_argument("--work-dir", default=None, help="where the random model and adapters are kept (default OUT/models)")
     sv.add_argument("--out", default="runs/bench", help="output folder for serve.json (default runs/bench)")
     sv.set_defaults(func=run_serve)
@@ -354,7 +357,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServeBenchSettings(
         config=args.config, methods=args.methods, split=args.split, num_prompts=args.num_prompts,
         system_tokens=args.system_tokens, text_tokens=args.text_tokens, max_tokens=args.max_tokens,
-        ttft_requests=args.ttft_requests, threads=args.threads, seed=args.seed)
+        ttft_requests=args.ttft_requests, threads=args.threads, seed=args.seed, warmup=args.warmup,
+        repeats=args.repeats)
     out = Path(args.out)
     report = measure_serving(settings, Path(args.work_dir) if args.work_dir else out / "models")
     print(f"{args.config} in vLLM {report['vllm']} (eager, fp32, {args.threads} threads, {report['machine']['cpus']} CPUs); "

@@ -11,6 +11,7 @@ llava, NeXT, OV    CLIP/SigLIP (every layer runs) over each crop (NeXT/OV: base 
 gemma3             SigLIP over 4,096 patches + the pooled 256-token projection
 internvl           InternViT over each 448-px tile (+CLS) + pixel shuffle + 2-layer projector
 idefics3/smolvlm   SigLIP over each 384-px tile + the pixel-shuffle connector
+qwen2_vl           patch conv + 32 blocks (plain MLP, full attention per frame group) + the 2×2 merger
 qwen2_5_vl         patch conv + 32 blocks (gated MLP; window attention of 8×8 patches except the full-
                    attention blocks, which attend within each frame group) + the 2×2 merger
 qwen3_vl           patch conv + 27 blocks (full attention per frame group) + merger + deepstack mergers
@@ -131,7 +132,10 @@ def qwen_window_pairs(grid_h: int, grid_w: int, window_units: int, merge: int) -
 
 def _qwen(config, layout: PromptLayout) -> int:
     vc = config.vision_config
-    dv, out, merge = vc.hidden_size, vc.out_hidden_size, vc.spatial_merge_size
+    qwen2 = config.model_type == "qwen2_vl"  # tower width embed_dim, plain MLP, full attention, out = hidden_size
+    dv = vc.embed_dim if qwen2 else vc.hidden_size
+    out = vc.hidden_size if qwen2 else vc.out_hidden_size
+    merge = vc.spatial_merge_size
     channels = getattr(vc, "in_channels", None) or getattr(vc, "in_chans", 3)
     qwen3 = config.model_type == "qwen3_vl"
     total = 0
@@ -139,7 +143,10 @@ def _qwen(config, layout: PromptLayout) -> int:
         n, frame = t * gh * gw, gh * gw
         total += 2 * n * channels * vc.temporal_patch_size * vc.patch_size**2 * dv  # patch conv
         full_pairs = t * frame * frame
-        if qwen3:
+        if qwen2:
+            total += encoder_flops(n, vc.depth, dv, int(dv * vc.mlp_ratio), 2, pairs=full_pairs)
+            mergers = 1
+        elif qwen3:
             total += encoder_flops(n, vc.depth, dv, vc.intermediate_size, 2, pairs=full_pairs)
             mergers = 1 + len(vc.deepstack_visual_indexes)
         else:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from dpvr.shapes.layout import PromptLayout, _smart_resize, shape_meta
+from dpvr.shapes.layout import PromptLayout, shape_meta
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "idefics3",
             "smolvlm", "mistral3")
@@ -67,19 +67,11 @@ def token_ids(config, layout: PromptLayout, batch: int, text_tokens: int, genera
 
 
 def _qwen_grids(config, layout: PromptLayout) -> list[tuple[str, int, int, int]]:
-    vc = config.vision_config
-    patch, merge, temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
-    proc = shape_meta(config).get("processor", {})
-    out = []
-    for v in layout.visuals:
-        p = proc.get(v.kind, {})
-        if v.kind == "video" and config.model_type == "qwen3_vl":
-            h, w = _smart_resize(v.height, v.width, patch * merge, p["min_pixels"], p["max_pixels"], v.frames, temporal)
-        else:
-            h, w = _smart_resize(v.height, v.width, patch * merge, p["min_pixels"], p["max_pixels"])
-        t = 1 if v.kind == "image" else -(-v.frames // temporal)
-        out.append((v.kind, t, h // patch, w // patch))
-    return out
+    """(kind, t, h, w) patch grid of each visual input: the adapter's rule, the one the layout counted tokens with."""
+    from dpvr.backbones import adapter_class
+
+    rule, proc = adapter_class(config.model_type), shape_meta(config).get("processor") or {}
+    return [(v.kind, *rule.visual_grid(config, v, proc)) for v in layout.visuals]
 
 
 def pixel_inputs(config, layout: PromptLayout, batch: int, generator: torch.Generator,

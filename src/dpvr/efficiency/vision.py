@@ -26,7 +26,7 @@ saving, never the LM saving.
 
 from __future__ import annotations
 
-from dpvr.shapes.layout import PromptLayout, _smart_resize, shape_meta, visual_runs
+from dpvr.shapes.layout import PromptLayout, shape_meta, visual_runs
 
 # Families whose analytic vision count is checked equal to torch's FLOP counter on a scaled-down model.
 EXACT: tuple[str, ...] = ("llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "smolvlm",
@@ -101,24 +101,11 @@ def _idefics3(config, layout: PromptLayout) -> int:
 
 
 def _qwen_grids(config, layout: PromptLayout) -> list[tuple[int, int, int]]:
-    """(t, h, w) patch grids of the layout's visual inputs, as the processor would make them."""
-    vc = config.vision_config
-    patch, merge, temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
-    proc = shape_meta(config).get("processor", {})
-    qwen3 = config.model_type == "qwen3_vl"
-    grids = []
-    for v in layout.visuals:
-        p = proc.get(v.kind, {})
-        lo, hi = p.get("min_pixels"), p.get("max_pixels")
-        if lo is None or hi is None:
-            raise ValueError(f"shape has no {v.kind} processor pixel limits for {config.model_type}")
-        if v.kind == "video" and qwen3:
-            h, w = _smart_resize(v.height, v.width, patch * merge, lo, hi, v.frames, temporal)
-        else:
-            h, w = _smart_resize(v.height, v.width, patch * merge, lo, hi)
-        t = 1 if v.kind == "image" else -(-v.frames // temporal)
-        grids.append((t, h // patch, w // patch))
-    return grids
+    """(t, h, w) patch grids of the layout's visual inputs, by the adapter's rule (the one the layout counted with)."""
+    from dpvr.backbones import adapter_class
+
+    rule, proc = adapter_class(config.model_type), shape_meta(config).get("processor") or {}
+    return [rule.visual_grid(config, v, proc) for v in layout.visuals]
 
 
 def qwen_window_pairs(grid_h: int, grid_w: int, window_units: int, merge: int) -> int:

@@ -270,7 +270,7 @@ def run_decode(args: argparse.Namespace) -> int:
     try:
         settings = DecodeSettings(
             batch_sizes=args.batch_sizes, text_tokens=args.text_tokens, new_tokens=args.new_tokens,
-            system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
+            system_tokens=args.system_tokens, layout=args.layout, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
             compile_mode=args.compile_mode, dtype=dtype, device=device, threads=args.threads,
             attn=args.attn_implementation, seed=args.seed, clock=args.clock, split=args.split,
             num_fusion_layers=args.num_fusion_layers, fusion_layers=args.fusion_layers, side_depth=args.side_depth,
@@ -301,8 +301,9 @@ def run_latency(args: argparse.Namespace) -> int:
     device, dtype = _device_and_dtype(args)
     settings = LatencySettings(
         text_tokens=args.text_tokens, batch_sizes=args.batch_sizes, new_tokens=args.new_tokens,
-        system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device,
-        threads=args.threads, attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory,
+        system_tokens=args.system_tokens, layout=args.layout, warmup=args.warmup, repeats=args.repeats, dtype=dtype,
+        device=device, threads=args.threads, attn=args.attn_implementation, seed=args.seed,
+        measure_memory=not args.no_memory,
         clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers,
         fusion_layers=args.fusion_layers, side_depth=args.side_depth, fastv_k=args.fastv_k,
         fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k)

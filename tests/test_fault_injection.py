@@ -37,7 +37,7 @@ import torch
 from dpvr import io as dio
 
 TIMING_KEYS = {"resume", "wall_seconds", "steps_per_second", "seconds", "questions_per_second", "wall_time_s", "timings_s",
-               "command"}
+               "command", "t"}
 COUNTS = {"kills": 0, "kills_landed": 0, "commit_kills": 0, "commit_failures": 0, "checked": 0, "losses": 0}
 
 
@@ -64,14 +64,20 @@ def snapshot(out: Path, entries: list[str] | None) -> dict:
             continue
         data = path.read_bytes()
         if path.suffix == ".json":
-            data = json.dumps(_scrub(json.loads(data), str(out)), sort_keys=True).encode()
+            value = _scrub(json.loads(data), str(out))
+            if isinstance(value, dict) and isinstance(value.get("files"), dict):  # build.json: .jsonl hashes cover timings
+                value["files"] = {k: v for k, v in value["files"].items() if not k.endswith(".jsonl")}
+            data = json.dumps(value, sort_keys=True).encode()
+        elif path.suffix == ".jsonl":
+            data = "\n".join(json.dumps(_scrub(json.loads(line), str(out)), sort_keys=True)
+                             for line in data.decode().splitlines()).encode()
         files[rel] = hashlib.sha256(data).hexdigest()
     return files
 
 
 RUN_TIMEOUT = float(os.environ.get("DPVR_FAULT_RUN_TIMEOUT", "300"))  # seconds one child run may take
 PRELOAD = ["torch", "transformers", "matplotlib.pyplot", "dpvr.train.run", "dpvr.train.checkpoints", "dpvr.evaluation",
-           "dpvr.analysis.saturate", "dpvr.data", "dpvr.tiny.plots"]
+           "dpvr.analysis.saturate", "dpvr.data", "dpvr.tiny.plots", "dpvr.tiny.build", "dpvr.tiny.stages"]
 _CTX = multiprocessing.get_context("forkserver")
 _LOG_IDS = itertools.count()
 
@@ -288,6 +294,16 @@ def _cases(tiny_dir: Path):
         run_analysis(model, data, str(tiny_dir / "data"), out, num_samples=2, batch_size=2, seed=0 if new else 1,
                      progress=False)
 
+    def do_tiny_build(out, new):
+        from dataclasses import replace
+
+        from dpvr.tiny.build import BuildConfig, StageConfig, build
+
+        stage = StageConfig(steps=2, lr=1e-3, batch=256, warmup=1)
+        cfg = replace(BuildConfig.quick(seed=0 if new else 1, focus=False), clip=replace(stage, batch=8), align=stage,
+                      instruct=replace(stage, vision_lr_scale=0.3), eval_limit=2, blind_eval_limit=1)
+        build(out, cfg, data_dir=str(tiny_dir / "data"), overwrite=True, progress=False, command=["tiny", "build"])
+
     def do_generate(out, new):
         generate_dataset(out, seed=0 if new else 1, num_train=12, num_test_per_family=6, overwrite=True, progress=False)
 
@@ -297,6 +313,7 @@ def _cases(tiny_dir: Path):
         "eval": Case(tiny_dir, "eval", do_eval, ["predictions", "results.md", "results.json"], "eval"),
         "analyze": Case(tiny_dir, "analyze", do_analyze, ["saturation.json", "saturation.png"], "analyze", sample_steps=2),
         "generate": Case(tiny_dir, "generate", do_generate, None, None),
+        "tiny_build": Case(tiny_dir, "tiny_build", do_tiny_build, None, None),
     }
 
 
@@ -334,7 +351,8 @@ LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 
 
 @LINUX_ONLY
-@pytest.mark.parametrize("name", ["eval", "generate", pytest.param("analyze", marks=pytest.mark.slow), "train"])
+@pytest.mark.parametrize("name", ["eval", "generate", pytest.param("analyze", marks=pytest.mark.slow), "train",
+                                  pytest.param("tiny_build", marks=pytest.mark.slow)])
 def test_kills_and_commit_faults_never_lose_an_output(tiny_dir, tmp_path, name):
     """3 SIGKILLs at seeded random moments, a kill at each rename of the commit and a failing rename at each
     (train and analyze: 2 seeded steps of their commit; eval runs the same commit code through every step)."""

@@ -166,3 +166,21 @@ def test_rotation_refusals_name_the_record_and_the_answer():
         rotate_choices({**_mc_record("B", "q7"), "question": "What shape?"}, 1)
     with pytest.raises(ValueError, match=r"record 'q7': answer 'E' is not an option letter ABCD"):
         rotate_choices(_mc_record("E", "q7"), 1)
+
+
+def test_circular_summary_exactly_per_category_too():
+    rows = []
+    for rid, pred in (("q1", "square"), ("q2", "A"), ("q3", "nothing")):
+        for k in range(4):
+            r = rotate_choices(_mc_record("B", rid), k)
+            rows.append({**r, **score(r, pred)})
+    expected = {"accuracy": 33.33, "n": 3, "accuracy_first_pass": 33.33, "unparsed": 4}
+    assert summarize_family(rows) == {"kind": "mc", **expected, "categories": {"shape": expected}}
+
+
+def test_yes_no_scoring_parses_the_answer_and_empty_pope_is_zero():
+    rec = {"id": "p", "question": "Is there a star?", "answer": "Yes"}
+    assert score(rec, "Yes, there is a star.") == {"kind": "yesno", "parsed": "yes", "correct": True}
+    assert score({**rec, "answer": "no"}, "There is no star.") == {"kind": "yesno", "parsed": "no", "correct": True}
+    assert pope_metrics([]) == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "yes_ratio": 0.0,
+                                "n": 0, "unparsed": 0}

@@ -142,3 +142,75 @@ def test_save_interrupted_at_each_rename_keeps_a_complete_adapter(tmp_path, monk
         assert torch.equal(p, q)
     second.save_pretrained(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+# --------------------------------------------------------------------------- mutation-testing survivors (issue 20)
+
+def _resigned(folder, change):
+    """The adapter's weights changed by ``change(state)`` and signed on purpose (``rehash_adapter``)."""
+    state = change(load_file(str(folder / WEIGHTS_NAME)))
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    rehash_adapter(folder)
+
+
+def _listed(message: str, label: str) -> list:
+    import ast
+    import re
+
+    return ast.literal_eval(re.search(rf"{label} (\[.*?\])", message).group(1))
+
+
+def test_signed_weights_that_do_not_fit_the_side_branch_name_three_keys(tmp_path):
+    """Missing, unexpected and wrong-shape tensors are each refused in one line naming the first three."""
+    base, _, folder = _saved(tmp_path, "missing")
+    keys = sorted(load_file(str(folder / WEIGHTS_NAME)))
+    _resigned(folder, lambda s: {k: v for k, v in s.items() if k not in keys[:4]})
+    with pytest.raises(ValueError, match=r"does not match the side branch of 'lf' \(split 3, depth 1\)") as err:
+        dpvr.DPVRModel.from_pretrained(base, folder)
+    assert _listed(str(err.value), "missing") == keys[:3] and _listed(str(err.value), "unexpected") == []
+
+    _, _, folder = _saved(tmp_path, "extra", base=base)
+    extra = [f"side_branch.extra{i}" for i in range(4)]
+    _resigned(folder, lambda s: {**s, **{k: torch.zeros(1) for k in extra}})
+    with pytest.raises(ValueError, match="does not match the side branch") as err:
+        dpvr.DPVRModel.from_pretrained(base, folder)
+    assert _listed(str(err.value), "missing") == [] and _listed(str(err.value), "unexpected") == extra[:3]
+
+    _, _, folder = _saved(tmp_path, "shapes", base=base)
+    _resigned(folder, lambda s: {k: (torch.zeros(v.numel() + 1) if k in keys[:4] else v) for k, v in s.items()})
+    with pytest.raises(ValueError, match="tensors of the wrong shape for this base") as err:
+        dpvr.DPVRModel.from_pretrained(base, folder)
+    listed = _listed(str(err.value), "base:")  # in the side branch's own order
+    assert len(listed) == 3 and set(listed) < set(keys[:4])
+
+
+def test_unreadable_missing_or_swapped_weights_say_what_to_do(tmp_path):
+    base, _, folder = _saved(tmp_path, "garbage")
+    (folder / WEIGHTS_NAME).write_bytes(b"not a safetensors file")
+    rehash_adapter(folder)
+    with pytest.raises(ValueError, match="cannot be read .*; the adapter is corrupt, save it again"):
+        dpvr.DPVRModel.from_pretrained(base, folder)
+    (folder / WEIGHTS_NAME).unlink()
+    with pytest.raises(FileNotFoundError, match="is missing; nothing to sign"):
+        rehash_adapter(folder)
+    with pytest.raises(FileNotFoundError, match="is missing; the adapter is incomplete, save it again"):
+        dpvr.DPVRModel.from_pretrained(base, folder)
+    _, _, a = _saved(tmp_path, "a", seed=0, base=base)
+    _, _, b = _saved(tmp_path, "b", seed=1, base=base)
+    (a / WEIGHTS_NAME).write_bytes((b / WEIGHTS_NAME).read_bytes())
+    with pytest.raises(AdapterIntegrityError, match=f"re-sign it with `dpvr adapter rehash {a}`"):
+        dpvr.DPVRModel.from_pretrained(base, a)
+
+
+def test_non_finite_refusal_names_the_first_tensor_and_rehash_writes_the_current_format(tmp_path):
+    from dpvr.adapter import FORMAT_VERSION
+
+    base, _, folder = _saved(tmp_path)
+    first = sorted(load_file(str(folder / WEIGHTS_NAME)))[0]
+    _resigned(folder, lambda s: {k: (torch.full_like(v, float("inf")) if k == first else v) for k, v in s.items()})
+    with pytest.raises(AdapterIntegrityError, match=rf"non-finite values \(NaN/inf, first in {first}\); the adapter is "
+                                                   r"unusable \(a diverged training or a corrupt file\)"):
+        dpvr.DPVRModel.from_pretrained(base, folder)
+    _edit(folder, lambda m: m.pop("format_version"))
+    rehash_adapter(folder)
+    assert json.loads((folder / CONFIG_NAME).read_text())["format_version"] == FORMAT_VERSION

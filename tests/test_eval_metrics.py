@@ -63,6 +63,8 @@ def test_pope_per_category_and_overall():
 @pytest.mark.parametrize("text,expected", [
     ("Yes", "yes"), ("no", "no"), ("Yes, there is a red star.", "yes"), ("NO.", "no"),
     ("There is no star.", "no"), ("I do not see one", "no"), ("yes yes", "yes"), ("maybe", None), ("", None),
+    ("Yes, but not the red one.", "yes"),  # the first word decides over a later negation
+    ("I would say yes.", "yes"),
 ])
 def test_yes_no_parsing(text, expected):
     assert parse_yes_no(text) == expected
@@ -76,6 +78,9 @@ def test_yes_no_parsing(text, expected):
     # a bare letter followed by another option's text contradicts itself: no option is picked
     ("B circle", None), ("C circle?", None), ("D square", None),
     ("A square", "B"),  # "a square": the article, not the letter A
+    ("B. I am not sure", "B"), ("(C) maybe", "C"),  # a letter that opens the answer, whatever follows
+    ("E. none of these", None),  # a letter that is not an option
+    ("B it is the square", "B"),  # letter and the option's text agree
 ])
 def test_option_letter_parsing(text, expected):
     assert parse_choice(text, OPTIONS) == expected
@@ -149,7 +154,7 @@ def test_family_summary_of_multiple_choice_and_short_answers_exactly():
     assert set(summarize_family(partly)["categories"]) == {"", "count"}
     mixed = summarize_family(short + mc[:1])
     assert mixed["kind"] == "mixed" and mixed["n"] == 3 and "unparsed" not in mixed
-    with pytest.raises(ValueError, match="no predictions to summarise"):
+    with pytest.raises(ValueError, match="^no predictions to summarise$"):
         summarize_family([])
 
 
@@ -157,8 +162,17 @@ def test_overall_summary_rounds_to_two_decimals_and_handles_empty_families():
     fams = {"a": {"accuracy": 10.0, "n": 3}, "b": {"accuracy": 20.0, "n": 1}, "c": {"accuracy": 25.0, "n": 2}}
     assert summarize(fams) == {"accuracy": 18.33, "accuracy_micro": 16.67, "n": 6, "families": 3}
     assert summarize({"a": {"accuracy": 0.0, "n": 0}}) == {"accuracy": 0.0, "accuracy_micro": 0.0, "n": 0, "families": 1}
-    with pytest.raises(ValueError, match="no families to summarise"):
+    with pytest.raises(ValueError, match="^no families to summarise$"):
         summarize({})
+
+
+def test_option_text_matching_with_overlapping_or_repeated_options_and_the_letter_limit():
+    assert parse_choice("dark red", ["red", "dark red", "blue", "green"]) == "B"  # the whole text, not a part
+    assert parse_choice("red", ["red", "red", "blue", "green"]) is None  # two options say it: none is picked
+    letters = [f"option {i}" for i in range(26)]
+    assert parse_choice("Z", letters) == "Z"
+    with pytest.raises(ValueError, match="^at most 26 options are supported, got 27$"):
+        parse_choice("A", letters + ["one more"])
 
 
 def test_rotation_refusals_name_the_record_and_the_answer():

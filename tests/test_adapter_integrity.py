@@ -214,3 +214,21 @@ def test_non_finite_refusal_names_the_first_tensor_and_rehash_writes_the_current
     _edit(folder, lambda m: m.pop("format_version"))
     rehash_adapter(folder)
     assert json.loads((folder / CONFIG_NAME).read_text())["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize("version", [True, 0, "2"])
+def test_a_format_version_that_is_not_a_positive_integer_is_named(tmp_path, version):
+    base, _, folder = _saved(tmp_path)
+    _edit(folder, lambda m: m.update(format_version=version))
+    with pytest.raises(AdapterIntegrityError, match=rf"format_version {version!r} is not a positive integer; the "
+                                                   rf"adapter is corrupt or edited, if you edited it on purpose"):
+        dpvr.DPVRModel.from_pretrained(base, folder)
+
+
+def test_another_base_is_refused_naming_both_fingerprints(tmp_path):
+    _, _, folder = _saved(tmp_path)
+    other = make_tiny_llava(vocab=80)
+    with pytest.raises(ValueError, match=r"was made for a different base model \(another model\): .*adapter has \d+, "
+                                         r"base has \d+.*\. Load the base it was trained on") as err:
+        dpvr.DPVRModel.from_pretrained(other, folder)
+    assert "adapter has None" not in str(err.value)

@@ -232,3 +232,53 @@ def test_another_base_is_refused_naming_both_fingerprints(tmp_path):
                                          r"base has \d+.*\. Load the base it was trained on") as err:
         dpvr.DPVRModel.from_pretrained(other, folder)
     assert "adapter has None" not in str(err.value)
+
+
+def test_saved_config_and_base_fingerprint_have_exactly_the_documented_fields(tmp_path):
+    """dpvr_config.json is a contract (the vLLM plugin and older/newer dpvr read it): its keys, exactly."""
+    from dpvr.adapter import base_fingerprint
+
+    base, model, folder = _saved(tmp_path)
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    assert set(meta) == {"format_version", "dpvr_version", "dpvr_config", "base_model", "num_parameters", INTEGRITY_KEY}
+    assert meta["dpvr_version"] == dpvr.__version__
+    assert meta["num_parameters"] == sum(p.numel() for p in model.side_branch.parameters())
+    assert set(meta["base_model"]) == {"name_or_path", "fingerprint"}
+    fingerprint = meta["base_model"]["fingerprint"]
+    assert fingerprint == base_fingerprint(base)
+    assert {k: v for k, v in fingerprint.items() if k != "checksum"} == {
+        "architecture": "LlavaForConditionalGeneration", "model_type": "llava", "num_hidden_layers": 6,
+        "hidden_size": 32, "vocab_size": 64, "image_token_id": 3}
+
+
+def test_base_checksum_reads_the_first_256_values_of_layer_0_and_of_the_last_layer():
+    from dpvr.adapter import base_fingerprint
+    from dpvr.engine.backbone import backbone_of
+
+    base = make_tiny_llava()
+    bb = backbone_of(base)
+    before = base_fingerprint(base)["checksum"]
+
+    def changed(weight, index: int) -> bool:
+        flat = weight.data.view(-1)
+        old = flat[index].item()
+        flat[index] = old + 1.0
+        try:
+            return base_fingerprint(base)["checksum"] != before
+        finally:
+            flat[index] = old
+
+    assert changed(bb.layers[0].self_attn.q_proj.weight, 0)
+    assert changed(bb.layers[-1].mlp.down_proj.weight, 0)
+    embed = bb.model.get_input_embeddings().weight
+    assert changed(embed, 255) and not changed(embed, 256)
+    assert base_fingerprint(base)["checksum"] == before
+
+
+def test_config_digest_is_stable_canonical_json():
+    """Signatures written by this format stay valid: the canonical JSON (sorted, compact) must not change."""
+    from dpvr.adapter import config_digest
+
+    meta = {"format_version": 2, "dpvr_config": {"variant": "lf", "split": 3}, "x": [1.5, None, "é"]}
+    assert config_digest(meta) == "7cb1826df56a6e216d6c1d72af206230fe2f0b5835add1428ffa67a2865b7658"
+    assert config_digest({**meta, INTEGRITY_KEY: {"anything": 1}}) == config_digest(meta)

@@ -282,3 +282,20 @@ def test_config_digest_is_stable_canonical_json():
     meta = {"format_version": 2, "dpvr_config": {"variant": "lf", "split": 3}, "x": [1.5, None, "é"]}
     assert config_digest(meta) == "7cb1826df56a6e216d6c1d72af206230fe2f0b5835add1428ffa67a2865b7658"
     assert config_digest({**meta, INTEGRITY_KEY: {"anything": 1}}) == config_digest(meta)
+
+
+def test_save_makes_missing_parent_folders_and_writes_the_manifest_and_pt_metadata(tmp_path):
+    import hashlib
+
+    from safetensors import safe_open
+
+    base, model, _ = _saved(tmp_path)
+    folder = tmp_path / "deep" / "er" / "adapter"
+    model.save_pretrained(folder)
+    with safe_open(str(folder / WEIGHTS_NAME), "pt") as fh:
+        assert fh.metadata() == {"format": "pt"}  # what transformers/peft loaders expect of a torch file
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    manifest = json.loads((folder / CONFIG_NAME).read_text())[INTEGRITY_KEY]
+    assert manifest["files"] == {WEIGHTS_NAME: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+    assert set(manifest) == {"files", "config_sha256"}
+    assert not [p.name for p in folder.parent.iterdir() if p.name != "adapter"]  # no staging left beside it

@@ -13,6 +13,10 @@ Output folder::
 
 Steps, not seconds, bound every stage, so the same seed gives the same weights on the same
 machine (same torch build and thread count).
+
+The build is written into a hidden staging folder beside ``<out>`` (``.<name>.tmp-<pid>-...``) and
+swapped in whole at the end (``dpvr.io.swap_in``): ``<out>`` is always the previous complete build
+or the new complete one, even if the build is killed (the next build removes the leftover).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 
 from dpvr.data.generate import DataConfig, generate_dataset, verify_dataset
-from dpvr.io import write_text_atomic
+from dpvr.io import make_temp_dir, recover, swap_in, write_text_atomic
 from dpvr.data.questions import CAPTION_PROMPTS, FAMILIES
 from dpvr.tiny.focus import focus_records
 from dpvr.tiny.model import TinyArch
@@ -162,40 +166,63 @@ def _versions() -> dict:
 def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike | None = None,
           overwrite: bool = False, progress: bool = True, command: list[str] | None = None) -> dict:
     """Run the whole build into ``out``; returns the ``build.json`` content (written last: the build is
-    complete when it exists). Holds ``out``'s lock: a second build into the same folder is refused."""
+    complete when it exists). Holds ``out``'s lock: a second build into the same folder is refused.
+
+    The build goes to a staging folder beside ``out`` that replaces ``out`` as a whole once complete.
+    """
     from dpvr.outlock import output_lock
 
     with output_lock(out):
-        return _build(Path(out), cfg, data_dir, overwrite, progress, command)
+        out = Path(out)
+        recover(out)  # a killed build's staging folder (or a swap cut half-way) from an earlier run
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+        staging = make_temp_dir(out.parent, f".{out.name}.tmp-")
+        try:
+            info = _build(staging, out, cfg, data_dir, progress, command)
+            swap_in(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after a swap; a failed build's files otherwise
+        return info
 
 
-def _build(out: Path, cfg: BuildConfig, data_dir, overwrite: bool, progress: bool, command) -> dict:
+def _given_data(data_dir, staging: Path, out: Path) -> tuple[Path, Path]:
+    """(folder to read the data from, its path as recorded in build.json). Data inside ``out`` is copied
+    into the staging folder, since ``out`` is replaced as a whole."""
+    data_dir = Path(data_dir)
+    try:
+        rel = data_dir.resolve().relative_to(out.resolve())
+    except ValueError:
+        return data_dir, data_dir
+    shutil.copytree(data_dir, staging / rel)
+    return staging / rel, out / rel
+
+
+def _build(out: Path, final: Path, cfg: BuildConfig, data_dir, progress: bool, command) -> dict:
+    """The build written into the (empty) staging folder ``out``; ``final`` is where it will be."""
     from transformers import CLIPModel  # noqa: F401  (import cost paid once, before timing)
 
     from dpvr.tiny import stages
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    (out / "build.json").unlink(missing_ok=True)  # from here on the folder holds an unfinished build
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     timings: dict[str, float] = {}
-    out.mkdir(parents=True, exist_ok=True)
     logs = out / "losses.jsonl"
-    if logs.exists():
-        logs.unlink()
 
-    # 1. data
+    # 1. data: the previous build's (copied, if made with the same settings) or new
     t = time.time()
     if data_dir is None:
-        data_dir = out / "data"
-        if (data_dir / "manifest.json").exists():
-            manifest = verify_dataset(data_dir)
-            if manifest["config"] != asdict(cfg.data):
+        data_dir, recorded_data = out / "data", final / "data"
+        if (final / "data" / "manifest.json").exists():
+            manifest = verify_dataset(final / "data")
+            if manifest["config"] == asdict(cfg.data):
+                shutil.copytree(final / "data", data_dir)
+            else:
                 manifest = generate_dataset(data_dir, overwrite=True, progress=progress, **asdict(cfg.data))
         else:
             manifest = generate_dataset(data_dir, overwrite=True, progress=progress, **asdict(cfg.data))
     else:
+        data_dir, recorded_data = _given_data(data_dir, out, final)
         manifest = verify_dataset(data_dir)
         # build.json's config must describe the data trained on (benchmark_dir regenerates from it)
         try:
@@ -272,7 +299,7 @@ def _build(out: Path, cfg: BuildConfig, data_dir, overwrite: bool, progress: boo
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "versions": _versions(),
-        "data": {"dir": str(data_dir), "manifest_sha256": _sha256(data_dir / "manifest.json"),
+        "data": {"dir": str(recorded_data), "manifest_sha256": _sha256(data_dir / "manifest.json"),
                  "counts": manifest["counts"]},
         "num_image_tokens": cfg.arch.num_image_tokens,
         "parameters": sum(p.numel() for p in reloaded.parameters()),

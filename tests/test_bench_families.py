@@ -68,3 +68,16 @@ def test_bench_latency_runs_on_every_family(family, tmp_path, capsys):
     assert {r["method"] for r in report["results"]} == {"vanilla", "lf", "fastv"}
     assert all(r["tokens_per_s"]["median"] > 0 for r in report["results"])
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("family", supported_model_types())
+def test_bench_train_runs_on_every_family(family, tmp_path):
+    """`dpvr bench train` feeds the family's own inputs (grids, image sizes, token types) to a training step: it
+    failed on every family whose forward needs more than ``pixel_values``."""
+    out = tmp_path / "train"
+    assert main(["bench", "train", "--config", str(_shape(tmp_path, family)), "--methods", "lf,lora16",
+                 "--threads", "1", "--device", "cpu", "--quiet", "--no-plot", "--warmup", "0", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads((out / "train.json").read_text())["results"]}
+    assert set(rows) == {"lf", "lora16"}
+    assert all(r["trainable_parameters"] > 0 and r["step_s"]["median"] > 0 for r in rows.values())

@@ -123,8 +123,8 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
     labels = torch.full_like(inputs["input_ids"], -100)
     answer = s.text_tokens // 2
     labels[:, -answer:] = inputs["input_ids"][:, -answer:]
-    batch = {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"],
-             "attention_mask": inputs["attention_mask"], "labels": labels}
+    # Every input the family's forward takes (pixel tensors, grids, image sizes, token types), plus the labels.
+    batch = {k: v for k, v in inputs.items() if k != "decode_tokens"} | {"labels": labels}
 
     setups = {}
     # LoRA and full fine-tuning train (a copy of) the base, so they are prepared first; the DPVR

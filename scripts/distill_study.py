@@ -44,29 +44,29 @@ def train_all(out: Path, methods: dict, seeds: list[int], steps: int, batch: int
             if not (folder / "result.json").is_file():
                 cache = {"distill_cache": str(out / "teacher-targets")} if kw.get("distill") and extra.get("cache") else {}
                 train(TrainArgs(out=str(folder), seed=seed, max_steps=steps, batch_size=batch, logging_steps=5,
-                                eval_samples=64, progress=False, **kw, **cache))
+                                eval_samples=64, max_samples=extra.get("max_samples"), progress=False, **kw, **cache))
             results[(name, seed)] = json.loads((folder / "result.json").read_text())
     return results
 
 
 def flops(config: DPVRConfig) -> dict:
-    """Analytic LM prefill saving at the tiny shape (embedded prompt) and at LLaVA-1.5-7B's (s scaled to 32 layers)."""
+    """Analytic LM prefill saving at the tiny shape (the demo's prompt: 3 system, 24 text tokens) and at
+    LLaVA-1.5-7B's (35 system, 128 text; the split scaled to 32 layers), as `dpvr.demo.flops` counts them."""
     from transformers import AutoConfig
 
-    from dpvr.efficiency.flops import ShapeDims, compare
-    from dpvr.efficiency.methods import Method
+    from dpvr.efficiency.flops import ShapeDims
+    from dpvr.efficiency.plan import compare_configs
     from dpvr.shapes import load_shape_config
 
     tiny = AutoConfig.from_pretrained(embedded.checkpoint_path())
-    rows = compare(ShapeDims.from_config(tiny), [Method("vanilla", DPVRConfig(variant="vanilla")), Method("m", config)],
-                   text_tokens=[24], system_tokens=8)
-    out = {"tiny_lm_saving": rows[-1]["saving_lm"]}
-    big_split = None if config.split is None else round(config.split * 32 / tiny.get_text_config().num_hidden_layers)
+    vanilla = DPVRConfig(variant="vanilla")
+    rows = compare_configs(ShapeDims.from_config(tiny), {"vanilla": vanilla, "m": config}, 3, 24)
+    out = {"tiny_lm_saving": rows[-1]["lm_saving"]}
+    n = tiny.get_text_config().num_hidden_layers
+    big_split = None if config.split is None else round(config.split * 32 / n)
     big = DPVRConfig.from_dict(config.to_dict() | ({"split": big_split} if big_split else {}))
-    rows = compare(ShapeDims.from_config(load_shape_config("llava-1.5-7b")),
-                   [Method("vanilla", DPVRConfig(variant="vanilla")), Method("m", big)], text_tokens=[128],
-                   system_tokens=35)
-    return out | {"llava7b_lm_saving": rows[-1]["saving_lm"], "llava7b_split": big_split}
+    rows = compare_configs(ShapeDims.from_config(load_shape_config("llava-1.5-7b")), {"vanilla": vanilla, "m": big}, 35, 128)
+    return out | {"llava7b_lm_saving": rows[-1]["lm_saving"], "llava7b_split": big_split}
 
 
 def teacher_gap(out: Path, methods: dict, seeds: list[int], samples: int = 64) -> dict:
@@ -126,25 +126,39 @@ def main() -> None:
     p.add_argument("--out", default="runs/distill")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-samples", type=int, help="train on the first N records of the (seeded) data order")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--limit", type=int, default=100, help="questions per benchmark family")
     p.add_argument("--split", type=int, default=6)
     p.add_argument("--cheap-split", type=int, default=5)
     p.add_argument("--only-train", action="store_true")
+    p.add_argument("--eval-only", metavar="GROUP", help="evaluate one group (reference, seed0, ...) and stop")
+    p.add_argument("--methods", help="comma-separated subset of the trained methods (default: all five)")
     p.add_argument("--cache", action="store_true", help="distilled runs read the teacher's targets from OUT/teacher-targets "
                    "(computed once over the whole training set) instead of a teacher forward per step")
     a = p.parse_args()
     out, seeds = Path(a.out), [int(s) for s in a.seeds.split(",")]
     methods = runs(a.split, a.cheap_split)
-    trained = train_all(out, methods, seeds, a.steps, a.batch_size, {"cache": a.cache})
+    if a.methods:
+        methods = {k: v for k, v in methods.items() if k in a.methods.split(",")}
+    trained = {} if a.eval_only else train_all(out, methods, seeds, a.steps, a.batch_size,
+                                               {"cache": a.cache, "max_samples": a.max_samples})
     if a.only_train:
         return
-    specs = ["vanilla", "fastv-50=fastv:k=2,ratio=0.5"] + [
-        f"{name}-seed{seed}=adapter:{out / 'train' / f'{name}-seed{seed}' / 'adapter'}" for name in methods for seed in seeds]
-    evaluation = out / "eval"
-    if not (evaluation / "results.json").is_file():
-        run_eval(specs, evaluation, settings=EvalSettings(limit=a.limit, batch_size=32, max_new_tokens=8, progress=False))
-    results = json.loads((evaluation / "results.json").read_text())["methods"]
+    settings = EvalSettings(limit=a.limit, batch_size=32, max_new_tokens=8, progress=False)
+    groups = {"reference": ["vanilla", "fastv-50=fastv:k=2,ratio=0.5"]} | {
+        f"seed{seed}": [f"{name}-seed{seed}=adapter:{out / 'train' / f'{name}-seed{seed}' / 'adapter'}" for name in methods]
+        for seed in seeds}
+    if a.eval_only:  # one group, e.g. while the other seeds still train
+        groups = {a.eval_only: groups[a.eval_only]}
+    for group, specs in groups.items():
+        if not (out / "eval" / group / "results.json").is_file():
+            run_eval(specs, out / "eval" / group, settings=settings)
+    if a.eval_only:
+        return
+    results = {}
+    for group in groups:
+        results |= json.loads((out / "eval" / group / "results.json").read_text())["methods"]
 
     def acc(label: str) -> dict:
         fams = results[label]["families"]

@@ -41,7 +41,8 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText
 
     import dpvr
-    from dpvr.backbones import adapter_class
+    from dpvr.efficiency.inputs import model_inputs
+    from dpvr.shapes.layout import prompt_layout
     from dpvr.engine.router import routed_decoder_forward
     from dpvr.shapes import default_split, load_shape_config
 
@@ -56,8 +57,10 @@ def main() -> None:
         base = AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
     build_s = time.perf_counter() - t0
     split = default_split(config)
-    cls = adapter_class(config.model_type)
-    batch = cls.synthetic_batch(config, args.batch, args.system, args.text, None, torch.Generator().manual_seed(0))
+    # the shape's default layout (qwen2.5-vl-7b: one 1280x720 image), counted by the adapter's rule as the FLOPs are
+    layout = prompt_layout(config, "image", system_tokens=args.system)
+    batch = model_inputs(config, layout, args.batch, args.text)
+    batch.pop("attention_mask")
     batch = {k: (v.to(dev, dtype) if v.is_floating_point() else v.to(dev)) for k, v in batch.items()}
     lf = dpvr.get_dpvr_model(base, dpvr.DPVRConfig(variant="lf", split=split))
     n_visual = int(lf.backbone.visual_mask(batch["input_ids"])[0].sum())

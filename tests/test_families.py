@@ -231,14 +231,22 @@ def test_route_only_images_or_videos(name):
             model(**batch)
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def test_synthetic_benchmark_batch_matches_the_family_rule(name):
-    """The bench's random prompts carry exactly as many placeholders as the family's vision tower yields."""
+@pytest.mark.parametrize("name", NAMES)
+def test_benchmark_prompts_carry_the_tokens_the_layout_counts(name):
+    """The bench's random prompts (`dpvr.efficiency.inputs`) and the FLOPs model's layout count visual tokens with
+    the same adapter rule, and the family's own forward consumes exactly that many (a mismatch raises inside it)."""
+    from dpvr.backbones import adapter_for
+    from dpvr.efficiency.inputs import model_inputs
+    from dpvr.shapes.layout import Visual, prompt_layout
+
     fam, base, _ = _setup(name)
-    adapter = dpvr.backbones.adapter_for(base)
-    batch = type(adapter).synthetic_batch(base.config, 2, 5, 7, (40, 72), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = base(**batch).logits  # a count mismatch raises inside the family's own forward
-        out = _wrap(base, variant="lf", split=SPLIT)(**batch).logits
-    assert ref.shape == out.shape and torch.equal(batch["input_ids"][0], batch["input_ids"][1])
-    assert int(adapter.visual_mask(batch["input_ids"])[0].sum()) > 0
+    adapter = adapter_for(base)
+    visuals = [[Visual("image", 40, 72)]] + ([[Visual("video", 24, 40, frames=3)]] if fam.has_video else [])
+    for vis in visuals:
+        layout = prompt_layout(base.config, visuals=vis, system_tokens=5)
+        batch = model_inputs(base.config, layout, batch=2, text_tokens=7)
+        with torch.no_grad():
+            ref = base(**batch).logits
+            out = _wrap(base, variant="lf", split=SPLIT)(**batch).logits
+        assert ref.shape == out.shape
+        assert adapter.visual_mask(batch["input_ids"]).sum(1).tolist() == [layout.visual_tokens] * 2

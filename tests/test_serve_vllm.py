@@ -238,7 +238,7 @@ def test_bench_serve_reports_both_methods_and_their_ratios(tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "serve", "--config", str(tmp_path / "shape.json"), "--methods", "lf", "--split", "2",
                  "--num-prompts", "2", "--max-tokens", "2", "--ttft-requests", "1", "--text-tokens", "8",
-                 "--out", str(out)]) == 0
+                 "--warmup", "0", "--repeats", "2", "--out", str(out)]) == 0
     report = json.loads((out / "serve.json").read_text())
     assert sorted(report["methods"]) == ["lf", "vanilla"]
     assert report["methods"]["lf"]["prompt_tokens"] == 32 + 64 + 8  # system words, (64 / 8)**2 image tokens, text
@@ -246,3 +246,10 @@ def test_bench_serve_reports_both_methods_and_their_ratios(tmp_path):
         assert r["requests_per_s"] > 0 and r["ttft_s"] > 0
     assert report["methods"]["vanilla"]["ratio_vs_vanilla"] == {"ttft_s": 1.0, "requests_per_s": 1.0,
                                                                  "output_tokens_per_s": 1.0}
+    lf = report["methods"]["lf"]
+    assert len(lf["rounds"]) == 2  # interleaved timed rounds, each with its own figures
+    per_round = sorted(r["ttft_s"] / v["ttft_s"] for r, v in zip(lf["rounds"], report["methods"]["vanilla"]["rounds"]))
+    assert lf["ratio_vs_vanilla"]["ttft_s"] == pytest.approx(sum(per_round) / 2)  # median of the paired ratios
+    lo, hi = lf["ratio_vs_vanilla_p25_p75"]["ttft_s"]
+    assert per_round[0] <= lo <= hi <= per_round[1]
+    assert report["noise"]["noisy"] and any("2 timed round" in r for r in report["noise"]["reasons"])

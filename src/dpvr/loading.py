@@ -69,7 +69,9 @@ def load_model(model_path: str | Path | None, *, dtype: str = "auto", device: st
     adapter_for(model)
     try:
         processor = AutoProcessor.from_pretrained(model_path)
-    except ImportError as err:  # e.g. Qwen's video processor needs torchvision; images work without it
+    except (ImportError, ValueError) as err:  # e.g. Qwen's video processor needs torchvision; images work without it
+        if isinstance(err, ValueError) and "torchvision" not in str(err):
+            raise
         processor = processor_without_video(model_path, config, err)
     return model, processor, name or str(model_path)
 
@@ -77,15 +79,40 @@ def load_model(model_path: str | Path | None, *, dtype: str = "auto", device: st
 def processor_without_video(model_path, config, err: ImportError):
     """The family's processor with its image processor and tokenizer but no video processor.
 
-    Families whose processor has a video processor (Qwen2-VL, LLaVA-OneVision, ...) cannot build it
-    without torchvision; images and text need only PIL, so dpvr evaluates and trains on images then.
+    Families whose processor has a video processor (Qwen2-VL, LLaVA-OneVision, InternVL, SmolVLM, ...)
+    cannot build it without torchvision; images and text need only PIL, so dpvr evaluates and trains on
+    images then. A processor whose module needs torchvision itself (Pixtral) is replaced by its PIL
+    equivalent from `dpvr.pil_processors`.
     """
     from transformers import AutoImageProcessor, AutoTokenizer
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
+    from dpvr.pil_processors import PIL_PROCESSORS
+
     cls = PROCESSOR_MAPPING.get(type(config), None)
-    if cls is None or "video_processor" not in cls.get_attributes():
+    if cls is not None and cls.__name__ in PIL_PROCESSORS:
+        cls = PIL_PROCESSORS[cls.__name__]
+    elif cls is None or "video_processor" not in cls.get_attributes():
         raise ValueError(f"cannot load the processor of {model_path}: {str(err).strip().splitlines()[0]}") from None
+    else:
+        cls = _image_only(cls)
+    settings, _ = cls.get_processor_dict(str(model_path))  # processor_config.json + chat template
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer",
+                                                                   "video_processor"}
+    if "kwargs" in accepted:  # ImageOnly: the stock class's own settings (InternVL's image_seq_length, ...)
+        accepted = (accepted | set(inspect.signature(cls.__mro__[1].__init__).parameters)) - {
+            "self", "image_processor", "tokenizer", "video_processor", "kwargs"}
+    settings = {k: v for k, v in settings.items() if k in accepted}
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    settings.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
+    processor = cls(image_processor=AutoImageProcessor.from_pretrained(model_path), tokenizer=tokenizer, **settings)
+    if "video_processor" in cls.get_attributes():
+        processor.video_processor = None
+    return processor
+
+
+def _image_only(cls):
+    """``cls`` (a processor with a video processor) built without one; chats render through the tokenizer."""
 
     class ImageOnly(cls):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -93,14 +120,12 @@ def processor_without_video(model_path, config, err: ImportError):
             super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                              chat_template=chat_template, **kwargs)
 
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            # some processors read video settings here (SmolVLM: num_frames); rendering text needs none
+            if kwargs.get("tokenize"):
+                return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+            return self.tokenizer.apply_chat_template(conversation, chat_template=chat_template or self.chat_template,
+                                                      **kwargs)
+
     ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
-    settings, _ = cls.get_processor_dict(str(model_path))  # processor_config.json + chat template
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer",
-                                                                   "video_processor"}
-    settings = {k: v for k, v in settings.items() if k in accepted}
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    settings.setdefault("chat_template", getattr(tokenizer, "chat_template", None))
-    processor = ImageOnly(image_processor=AutoImageProcessor.from_pretrained(model_path), tokenizer=tokenizer,
-                          **settings)
-    processor.video_processor = None
-    return processor
+    return ImageOnly

@@ -82,7 +82,7 @@ def encode_record(record: dict, processor, image_folder: str | Path, image_token
     ids = enc["input_ids"][0]
     answer_mask = _answer_mask_from_labels(record, processor, ids, image_token_id, len(names))
     if answer_mask is None:
-        answer_mask = _answer_mask_from_template(record, processor, ids, image_token_id)
+        answer_mask = _answer_mask_from_template(record, processor, ids, image_token_id, images)
     if answer_mask is None:
         answer_mask = _answer_mask(processor, messages, text, ids, image_token_id)
     sample = {"id": rid, "input_ids": ids, "pixel_values": enc.get("pixel_values"), "answer_mask": answer_mask}
@@ -94,15 +94,18 @@ def encode_record(record: dict, processor, image_folder: str | Path, image_token
     return sample
 
 
-def _answer_mask_from_template(record, processor, ids, image_token_id: int):
+def _answer_mask_from_template(record, processor, ids, image_token_id: int, images=None):
     """Answer positions from the family-agnostic training tokenisation (`dpvr.train.family_data`), or None."""
-    from dpvr.train.family_data import expand_labels, supervised_tokens
+    from dpvr.train.family_data import encode_supervised, supervised_tokens
 
     try:
-        _, unexpanded, labels = supervised_tokens(record, processor)
-        labels = torch.tensor(expand_labels(unexpanded, labels, ids.tolist(), {image_token_id}))
+        text, _, spans = supervised_tokens(record, processor)
+        enc, labels = encode_supervised(processor, text, spans, images or None, {image_token_id})
     except (ValueError, TypeError, KeyError):
         return None
+    if enc["input_ids"][0].tolist() != ids.tolist():
+        return None
+    labels = torch.tensor(labels)
     mask = torch.zeros(len(ids), dtype=torch.bool)
     mask[:-1] = labels[1:] != -100  # position p predicts token p+1
     return mask

@@ -109,7 +109,7 @@ def collate(samples: list[dict], pad_id: int) -> dict:
 
 def collate_extra(extras: list[dict], width: int) -> dict:
     """The family's other processor outputs: per-token ones (1, n) right-padded with 0, the rest concatenated."""
-    from dpvr.train.family_data import TOKEN_KEYS, _cat_padded
+    from dpvr.train.data import TOKEN_KEYS, _cat_padded
 
     out = {}
     for key in dict.fromkeys(k for e in extras for k in e):

@@ -269,40 +269,26 @@ class BackboneAdapter:
     def suppress_tokens(self) -> list[int]:
         return self.all_visual_ids()
 
-    # ------------------------------------------------------------------ benchmarks (no weights needed)
-    @classmethod
-    def synthetic_batch(cls, config, batch: int, system_tokens: int, text_tokens: int, image_hw=None,
-                        generator: torch.Generator | None = None) -> dict:
-        """Model inputs of one image prompt, repeated ``batch`` times, for a random-weight benchmark.
+    # ------------------------------------------------------------------ prompt layout (no weights needed)
+    #: a visual input's tokens attend to each other in both directions (Gemma 3's images).
+    bidirectional_visual: ClassVar[bool] = False
 
-        Layout: BOS, ``system_tokens`` random text, the image's placeholders, ``text_tokens`` random text.
-        The number of placeholders follows the family's rule for an image of ``image_hw`` (h, w) pixels
-        (LLaVA-1.5: the tower's fixed grid, whatever the image size). Pixel values are random.
+    @classmethod
+    def visual_kinds(cls) -> tuple[str, ...]:
+        """The kinds of visual input the family takes ("image", and "video" where it has a video token)."""
+        return tuple(cls.visual_token_attrs)
+
+    @classmethod
+    def visual_runs(cls, config, visual, processor: dict) -> tuple[list[tuple[str, int]], int]:
+        """The token runs one visual input (``visual.kind``, ``.height``, ``.width``, ``.frames``) expands into,
+        as ``[(kind, count), ...]`` with marker text tokens as ``("text", n)``, and the units its vision tower
+        encodes (crops, tiles, temporal groups), by the rule of the family's processor; ``processor`` holds a
+        shape's processor settings by kind (``{"image": {"max_pixels": ...}}``).
+
+        The one home of these counts: the FLOPs model (:mod:`dpvr.shapes.layout`) and the benchmark prompts
+        (:mod:`dpvr.efficiency.inputs`) both read them from here. Default (LLaVA-1.5): the tower's fixed grid,
+        whatever the image size, plus the CLS token under the ``full`` feature strategy.
         """
-        vision, text = config.vision_config, config.get_text_config()
-        size = vision.image_size
-        grid = (size // vision.patch_size) ** 2
-        strategy = getattr(config, "vision_feature_select_strategy", "default")
-        n_image = grid if strategy == "default" else grid + 1
-        ids = random_prompt(text.vocab_size, system_tokens, [int(config.image_token_id)] * n_image, text_tokens,
-                             cls._reserved_ids(config), generator)
-        pixels = torch.randn(batch, 3, size, size, generator=generator)
-        return {"input_ids": ids.expand(batch, -1).clone(), "pixel_values": pixels}
-
-    @classmethod
-    def _reserved_ids(cls, config) -> list[int]:
-        return [int(getattr(config, a)) for a in
-                ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-                if getattr(config, a, None) is not None]
-
-
-def random_prompt(vocab: int, system: int, visual: list[int], text: int, reserved: list[int],
-                   generator: torch.Generator | None) -> torch.Tensor:
-    """(1, L) ids: BOS-like 1, ``system`` random tokens, the visual placeholders, ``text`` random tokens."""
-    def draw(n):
-        ids = torch.randint(3, vocab, (n,), generator=generator)
-        for r in reserved:  # never a placeholder id by chance
-            ids = torch.where(ids == r, torch.full_like(ids, 3), ids)
-        return ids.tolist()
-
-    return torch.tensor([[1] + draw(system) + visual + draw(text)])
+        vc = config.vision_config
+        n = (vc.image_size // vc.patch_size) ** 2 + (1 if config.vision_feature_select_strategy == "full" else 0)
+        return [("image", n)], 1

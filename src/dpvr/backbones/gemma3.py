@@ -43,6 +43,12 @@ class Gemma3Adapter(BackboneAdapter):
     model_types = ("gemma3",)
     family = "Gemma 3"
     visual_token_attrs = {"image": "image_token_id"}
+    bidirectional_visual = True
+
+    @classmethod
+    def visual_runs(cls, config, visual, processor: dict) -> tuple[list[tuple[str, int]], int]:
+        """``mm_tokens_per_image`` (256) per image, written ``<start_of_image>`` … ``<end_of_image>\\n\\n``."""
+        return [("text", 1), ("image", config.mm_tokens_per_image), ("text", 2)], 1
 
     def __init__(self, model: nn.Module, route: str = "all"):
         super().__init__(model, route)

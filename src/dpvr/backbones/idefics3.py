@@ -20,3 +20,25 @@ class Idefics3Adapter(BackboneAdapter):
     family = "Idefics3 / SmolVLM"
     language_model_attr = "text_model"
     projector_path = "connector"
+
+    @classmethod
+    def visual_runs(cls, config, visual, processor: dict) -> tuple[list[tuple[str, int]], int]:
+        """(image_size/patch)²/scale² tokens per tile and for the global image; the tile markers
+        ``<fake_token_around_image>``, ``<row_i_col_j>``, ``<global-img>`` and the row newlines are text."""
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        vc = config.vision_config
+        per_tile = (vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2
+        p = processor.get("image", {})
+        tile = p.get("tile", vc.image_size)
+        _, rows, cols = SmolVLMImageProcessorPil.get_number_of_image_patches(
+            SmolVLMImageProcessorPil.__new__(SmolVLMImageProcessorPil), visual.height, visual.width,
+            {"do_image_splitting": True, "size": {"longest_edge": p.get("longest_edge", 4 * tile)},
+             "max_image_size": {"longest_edge": tile}})
+        runs: list = []
+        for _ in range(rows):
+            for _ in range(cols):
+                runs += [("text", 2), ("image", per_tile)]  # <fake_token_around_image><row_i_col_j>
+            runs.append(("text", 1))  # \n
+        runs += [("text", 3 if rows else 2), ("image", per_tile), ("text", 1)]  # [\n]<fake><global-img> … <fake>
+        return runs, rows * cols + 1

@@ -10,9 +10,11 @@ are added into the hidden states after the first LM layers, so a split must come
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from dpvr.backbones.base import BackboneAdapter, Positions, random_prompt
+from dpvr.backbones.base import BackboneAdapter, Positions
 from dpvr.backbones.registry import register
 
 
@@ -37,27 +39,58 @@ class Qwen2VLAdapter(BackboneAdapter):
             return Positions(rope=position_ids[1:], layer=text, mask=text)
         return Positions(rope=position_ids, layer=None, mask=None)
 
+    # ------------------------------------------------------------------ prompt layout (no weights needed)
+    #: the processors' default pixel budgets (min, max) by kind, when a shape gives none.
+    default_pixels = {"image": (3136, 12845056), "video": (100352, 602112)}
+    #: a video's pixel budget covers all its frames, and each frame pair is its own start…end group (Qwen3-VL).
+    per_frame_video = False
 
     @classmethod
-    def synthetic_batch(cls, config, batch: int, system_tokens: int, text_tokens: int, image_hw=None,
-                        generator: torch.Generator | None = None) -> dict:
-        """One image of ``image_hw`` pixels (default 1280x720 landscape: (720, 1280)) resized as the family's
-        processor does (sides multiples of patch x merge, within its pixel budget), then 2x2-merged patches."""
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    def visual_grid(cls, config, visual, processor: dict) -> tuple[int, int, int]:
+        """(t, h, w) patch grid of one image or video, as the family's processor makes it: ``smart_resize`` to
+        multiples of patch × merge within the pixel budget, ⌈frames / temporal patch⌉ temporal groups."""
+        vc = config.vision_config
+        patch, merge, temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+        p = processor.get(visual.kind, {})
+        lo_default, hi_default = cls.default_pixels[visual.kind]
+        lo, hi = p.get("min_pixels", lo_default), p.get("max_pixels", hi_default)
+        if visual.kind == "video" and cls.per_frame_video:
+            h, w = smart_resize(visual.height, visual.width, patch * merge, lo, hi, visual.frames, temporal)
+        else:
+            h, w = smart_resize(visual.height, visual.width, patch * merge, lo, hi)
+        t = 1 if visual.kind == "image" else -(-visual.frames // temporal)
+        return t, h // patch, w // patch
 
-        vision = config.vision_config
-        patch, merge, tp = vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
-        h, w = image_hw or (720, 1280)
-        h, w = smart_resize(h, w, factor=patch * merge, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280)
-        grid = torch.tensor([[1, h // patch, w // patch]])
-        n_image = int(grid.prod()) // merge ** 2
-        ids = random_prompt(config.get_text_config().vocab_size, system_tokens,
-                             [config.vision_start_token_id] + [config.image_token_id] * n_image + [config.vision_end_token_id],
-                             text_tokens, cls._reserved_ids(config), generator)
-        rows = torch.randn(batch * int(grid.prod()), vision.in_channels * tp * patch * patch, generator=generator)
-        ids = ids.expand(batch, -1).clone()
-        return {"input_ids": ids, "pixel_values": rows, "image_grid_thw": grid.repeat(batch, 1),
-                "mm_token_type_ids": (ids == config.image_token_id).int()}
+    @classmethod
+    def visual_runs(cls, config, visual, processor: dict) -> tuple[list[tuple[str, int]], int]:
+        """(t·h·w)/merge² tokens between ``<|vision_start|>``/``<|vision_end|>`` (text tokens); Qwen3-VL writes a
+        video as one ``<t seconds><|vision_start|>…<|vision_end|>`` group per temporal group."""
+        t, gh, gw = cls.visual_grid(config, visual, processor)
+        per_group = gh * gw // config.vision_config.spatial_merge_size ** 2
+        if visual.kind == "video" and cls.per_frame_video:
+            stamp = processor.get("video", {}).get("timestamp_tokens", 6)
+            return [r for _ in range(t) for r in (("text", stamp + 1), ("video", per_group), ("text", 1))], t
+        return [("text", 1), (visual.kind, t * per_group), ("text", 1)], t
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int, frames: int = 1,
+                 temporal: int = 1) -> tuple[int, int]:
+    """Qwen2-VL's ``smart_resize`` (``frames``/``temporal`` > 1: Qwen3-VL's video variant, whose pixel
+    budget covers all frames)."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(frames / temporal) * temporal if temporal > 1 else 1
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels) if temporal > 1 else math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width)) if temporal > 1 else math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 @register
@@ -65,6 +98,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen3_vl",)
     family = "Qwen3-VL"
     rope_rows = 4
+    default_pixels = {"image": (65536, 16777216), "video": (4096, 25165824)}
+    per_frame_video = True
 
     def deepstack_layers(self) -> int:
         indexes = getattr(self.config.vision_config, "deepstack_visual_indexes", None) or []

@@ -149,6 +149,9 @@ def add_parser(subparsers) -> None:
     sv.add_argument("--ttft-requests", type=int, default=3, help="single requests timed for TTFT (default 3)")
     sv.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     sv.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompts (default 0)")
+    sv.add_argument("--warmup", type=int, default=1, help="untimed rounds per method first (default 1)")
+    sv.add_argument("--repeats", type=int, default=5,
+                    help="timed rounds, methods interleaved; ratios are their median with IQR (default 5)")
     sv.add_argument("--work-dir", default=None, help="where the random model and adapters are kept (default OUT/models)")
     sv.add_argument("--out", default="runs/bench", help="output folder for serve.json (default runs/bench)")
     sv.set_defaults(func=run_serve)
@@ -267,7 +270,7 @@ def run_decode(args: argparse.Namespace) -> int:
     try:
         settings = DecodeSettings(
             batch_sizes=args.batch_sizes, text_tokens=args.text_tokens, new_tokens=args.new_tokens,
-            system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
+            system_tokens=args.system_tokens, layout=args.layout, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
             compile_mode=args.compile_mode, dtype=dtype, device=device, threads=args.threads,
             attn=args.attn_implementation, seed=args.seed, clock=args.clock, split=args.split,
             num_fusion_layers=args.num_fusion_layers, fusion_layers=args.fusion_layers, side_depth=args.side_depth,
@@ -298,8 +301,9 @@ def run_latency(args: argparse.Namespace) -> int:
     device, dtype = _device_and_dtype(args)
     settings = LatencySettings(
         text_tokens=args.text_tokens, batch_sizes=args.batch_sizes, new_tokens=args.new_tokens,
-        system_tokens=args.system_tokens, warmup=args.warmup, repeats=args.repeats, dtype=dtype, device=device,
-        threads=args.threads, attn=args.attn_implementation, seed=args.seed, measure_memory=not args.no_memory,
+        system_tokens=args.system_tokens, layout=args.layout, warmup=args.warmup, repeats=args.repeats, dtype=dtype,
+        device=device, threads=args.threads, attn=args.attn_implementation, seed=args.seed,
+        measure_memory=not args.no_memory,
         clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers,
         fusion_layers=args.fusion_layers, side_depth=args.side_depth, fastv_k=args.fastv_k,
         fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k)
@@ -354,7 +358,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServeBenchSettings(
         config=args.config, methods=args.methods, split=args.split, num_prompts=args.num_prompts,
         system_tokens=args.system_tokens, text_tokens=args.text_tokens, max_tokens=args.max_tokens,
-        ttft_requests=args.ttft_requests, threads=args.threads, seed=args.seed)
+        ttft_requests=args.ttft_requests, threads=args.threads, seed=args.seed, warmup=args.warmup,
+        repeats=args.repeats)
     out = Path(args.out)
     report = measure_serving(settings, Path(args.work_dir) if args.work_dir else out / "models")
     print(f"{args.config} in vLLM {report['vllm']} (eager, fp32, {args.threads} threads, {report['machine']['cpus']} CPUs); "

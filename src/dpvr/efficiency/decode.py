@@ -40,6 +40,7 @@ from dpvr.efficiency.latency import (CLOCKS, DTYPES, Timer, build_random_model, 
 from dpvr.efficiency.methods import make_methods
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import default_split, load_shape_config, shape_name
+from dpvr.shapes.layout import prompt_layout
 
 COMPILE_CHOICES = ("eager", "compiled", "both")
 
@@ -52,6 +53,7 @@ class DecodeSettings:
     text_tokens: list[int] = field(default_factory=lambda: [128])
     new_tokens: int = 16
     system_tokens: int | None = DEFAULT_SYSTEM_TOKENS  # None (the CLI's default): LLaVA-1.5's 35
+    layout: str | None = None  # the shape's prompt layout ("image", "video"); None: its first
     warmup: int = 3
     repeats: int = 10
     compile: str = "both"
@@ -109,8 +111,8 @@ class _Entry:
         from dpvr.engine.static_cache import DPVRStaticCache
 
         self.cache = DPVRStaticCache(self.model.text_config, max_new_tokens=new_tokens)
-        self.model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
-                   attention_mask=inputs["attention_mask"], cache=self.cache, use_cache=True, logits_to_keep=1)
+        prompt = {k: v for k, v in inputs.items() if k != "decode_tokens"}  # the family's own multimodal inputs
+        self.model(**prompt, cache=self.cache, use_cache=True, logits_to_keep=1)
 
     def decode(self, tokens: torch.Tensor) -> None:
         self.model._decode_fn = self.compiled_fn
@@ -135,7 +137,8 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     split = s.split if s.split is not None else default_split(cfg)
     methods = make_methods(method_names, cfg.text_config.num_hidden_layers, split, s.num_fusion_layers,
                            s.fusion_layers, s.side_depth, s.fastv_k, s.fastv_ratio, s.vtw_k)
-    dims = ShapeDims.from_config(cfg)
+    layout = prompt_layout(cfg, s.layout, system_tokens=_system(s))
+    dims = ShapeDims.from_config(cfg, layout)
     mode = s.compile_mode if s.compile_mode is not None else (
         "reduce-overhead" if device.type == "cuda" and s.compile_backend == "inductor" else None)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
@@ -157,7 +160,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     with torch.inference_mode():
         for batch in s.batch_sizes:
             for t in s.text_tokens:
-                inputs = make_inputs(cfg, batch, _system(s), t, s.new_tokens, dtype, device, s.seed)
+                inputs = make_inputs(cfg, batch, _system(s), t, s.new_tokens, dtype, device, s.seed, layout)
                 for e in entries:
                     e.prefill(inputs, s.new_tokens)
                 per_token = {e.label: [] for e in entries}
@@ -169,7 +172,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
                             per_token[e.label].append(sec / s.new_tokens)
                         bar.update()
                 analytic = {r["label"]: r for r in compare(dims, methods, [t], _system(s), 1, batch, s.new_tokens,
-                                                           torch.empty((), dtype=dtype).element_size())}
+                                                           torch.empty((), dtype=dtype).element_size(), layout=layout)}
                 results.extend(_rows(entries, per_token, analytic, batch, t, int(inputs["input_ids"].shape[1])))
                 for e in entries:
                     e.cache = None

@@ -8,7 +8,7 @@ that count FLOPs with torch's counter. What each family gets (as its processor w
 llava, gemma3      ``pixel_values`` (images, 3, S, S); Gemma 3 also ``token_type_ids`` (1 at image tokens)
 llava_next / OV    ``pixel_values`` (B, crops, 3, S, S) with ``image_sizes``; OV video ``pixel_values_videos``
                    (B, frames, 3, S, S)
-qwen2_5_vl / 3     one row of C·T·p·p values per patch with ``image_grid_thw`` / ``video_grid_thw``, and
+qwen2/2.5/3-VL     one row of C·T·p·p values per patch with ``image_grid_thw`` / ``video_grid_thw``, and
                    ``mm_token_type_ids`` (0 text, 1 image, 2 video); start/end markers are the
                    family's ``vision_start`` / ``vision_end`` ids
 internvl           ``pixel_values`` (tiles, 3, S, S)
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from dpvr.shapes.layout import PromptLayout, _smart_resize, shape_meta
+from dpvr.shapes.layout import PromptLayout, shape_meta
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "idefics3",
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "idefics3",
             "smolvlm", "mistral3")
 
 
@@ -67,19 +67,11 @@ def token_ids(config, layout: PromptLayout, batch: int, text_tokens: int, genera
 
 
 def _qwen_grids(config, layout: PromptLayout) -> list[tuple[str, int, int, int]]:
-    vc = config.vision_config
-    patch, merge, temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
-    proc = shape_meta(config).get("processor", {})
-    out = []
-    for v in layout.visuals:
-        p = proc.get(v.kind, {})
-        if v.kind == "video" and config.model_type == "qwen3_vl":
-            h, w = _smart_resize(v.height, v.width, patch * merge, p["min_pixels"], p["max_pixels"], v.frames, temporal)
-        else:
-            h, w = _smart_resize(v.height, v.width, patch * merge, p["min_pixels"], p["max_pixels"])
-        t = 1 if v.kind == "image" else -(-v.frames // temporal)
-        out.append((v.kind, t, h // patch, w // patch))
-    return out
+    """(kind, t, h, w) patch grid of each visual input: the adapter's rule, the one the layout counted tokens with."""
+    from dpvr.backbones import adapter_class
+
+    rule, proc = adapter_class(config.model_type), shape_meta(config).get("processor") or {}
+    return [(v.kind, *rule.visual_grid(config, v, proc)) for v in layout.visuals]
 
 
 def pixel_inputs(config, layout: PromptLayout, batch: int, generator: torch.Generator,
@@ -111,7 +103,7 @@ def pixel_inputs(config, layout: PromptLayout, batch: int, generator: torch.Gene
                 raise ValueError("videos of one prompt must have the same number of frames here")
             out["pixel_values_videos"] = randn(batch * len(videos), frames, vc.num_channels, vc.image_size,
                                                vc.image_size)
-    elif family in ("qwen2_5_vl", "qwen3_vl"):
+    elif family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         row = (getattr(vc, "in_channels", None) or getattr(vc, "in_chans", 3)) * vc.temporal_patch_size * vc.patch_size**2
         for kind, key, grid_key in (("image", "pixel_values", "image_grid_thw"),
                                     ("video", "pixel_values_videos", "video_grid_thw")):
@@ -149,7 +141,7 @@ def model_inputs(config, layout: PromptLayout, batch: int, text_tokens: int, see
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     out.update(pixel_inputs(config, layout, batch, g, dtype))
     kinds = torch.from_numpy((layout.kinds(text_tokens) == "image") * 1 + (layout.kinds(text_tokens) == "video") * 2)
-    if config.model_type in ("qwen2_5_vl", "qwen3_vl"):
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         out["mm_token_type_ids"] = kinds.expand(batch, -1).clone()
     if config.model_type == "gemma3":
         out["token_type_ids"] = (kinds == 1).long().expand(batch, -1).clone()

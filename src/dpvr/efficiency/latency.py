@@ -22,10 +22,10 @@ How it measures (SPEC §9):
   level live-tensor tracker on CPU, in a separate untimed pass); KV-cache bytes: the sum of the
   key/value tensors the cache holds after prefill.
 
-Any family's model is built and fed (:func:`build_random_model`, :mod:`dpvr.efficiency.inputs`);
-routed methods on families other than LLaVA, and cached decode of the M-RoPE families, need their
-backbone adapters in the engine: until then those methods are reported as skipped, with the engine's
-reason.
+Any family of the adapter registry is built and fed (:func:`build_random_model`, :mod:`dpvr.efficiency.inputs`;
+the shape's ``layout``: its image or video prompt) and every method runs on it
+(``tests/test_bench_families.py``); a method the engine refuses for a shape is reported as skipped, with the
+engine's reason.
 
 To add a method, add it to :mod:`dpvr.efficiency.methods` (its analytic schedule) and register a
 builder ``(base_model, Method) -> model`` in :data:`MODEL_BUILDERS`; methods without a builder are
@@ -146,11 +146,17 @@ class ModelRunner:
         return cache
 
     def decode(self, cache, inputs: dict, steps: int):
+        """``steps`` cached decode steps. An unpadded prompt (the benchmark's) decodes without an attention mask,
+        as a caller without padding would: the M-RoPE families' own forward (Qwen2/2.5/3-VL), given a mask
+        but no ``position_ids``, makes positions for the whole mask instead of the new token (``generate``
+        passes them), while without one it continues from the cache and its stored ``rope_deltas``."""
         mask = inputs["attention_mask"]
+        padded = not bool(mask.all())
         tokens = inputs["decode_tokens"]
         for j in range(steps):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            out = self._call(input_ids=tokens[:, j : j + 1], attention_mask=mask, cache=cache, use_cache=True)
+            out = self._call(input_ids=tokens[:, j : j + 1], attention_mask=mask if padded else None, cache=cache,
+                             use_cache=True)
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return cache
 
@@ -225,6 +231,7 @@ class LatencySettings:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     new_tokens: int = 8
     system_tokens: int | None = None  # tokens before the first image; None: the shape's (35 for LLaVA-1.5)
+    layout: str | None = None  # the shape's prompt layout ("image", "video"); None: its first
     warmup: int = 1
     repeats: int = 5
     dtype: str = "float32"
@@ -286,7 +293,7 @@ def measure_latency(
     methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth,
                            s.fastv_k, s.fastv_ratio, s.vtw_k)
 
-    layout = prompt_layout(cfg, system_tokens=s.system_tokens)
+    layout = prompt_layout(cfg, s.layout, system_tokens=s.system_tokens)
     dims = ShapeDims.from_config(cfg, layout)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
     runners: dict[str, ModelRunner] = {}

@@ -11,6 +11,7 @@ llava, NeXT, OV    CLIP/SigLIP (every layer runs) over each crop (NeXT/OV: base 
 gemma3             SigLIP over 4,096 patches + the pooled 256-token projection
 internvl           InternViT over each 448-px tile (+CLS) + pixel shuffle + 2-layer projector
 idefics3/smolvlm   SigLIP over each 384-px tile + the pixel-shuffle connector
+qwen2_vl           patch conv + 32 blocks (plain MLP, full attention per frame group) + the 2×2 merger
 qwen2_5_vl         patch conv + 32 blocks (gated MLP; window attention of 8×8 patches except the full-
                    attention blocks, which attend within each frame group) + the 2×2 merger
 qwen3_vl           patch conv + 27 blocks (full attention per frame group) + merger + deepstack mergers
@@ -25,7 +26,7 @@ saving, never the LM saving.
 
 from __future__ import annotations
 
-from dpvr.shapes.layout import PromptLayout, _smart_resize, shape_meta, visual_runs
+from dpvr.shapes.layout import PromptLayout, shape_meta, visual_runs
 
 # Families whose analytic vision count is checked equal to torch's FLOP counter on a scaled-down model.
 EXACT: tuple[str, ...] = ("llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "smolvlm",
@@ -100,24 +101,11 @@ def _idefics3(config, layout: PromptLayout) -> int:
 
 
 def _qwen_grids(config, layout: PromptLayout) -> list[tuple[int, int, int]]:
-    """(t, h, w) patch grids of the layout's visual inputs, as the processor would make them."""
-    vc = config.vision_config
-    patch, merge, temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
-    proc = shape_meta(config).get("processor", {})
-    qwen3 = config.model_type == "qwen3_vl"
-    grids = []
-    for v in layout.visuals:
-        p = proc.get(v.kind, {})
-        lo, hi = p.get("min_pixels"), p.get("max_pixels")
-        if lo is None or hi is None:
-            raise ValueError(f"shape has no {v.kind} processor pixel limits for {config.model_type}")
-        if v.kind == "video" and qwen3:
-            h, w = _smart_resize(v.height, v.width, patch * merge, lo, hi, v.frames, temporal)
-        else:
-            h, w = _smart_resize(v.height, v.width, patch * merge, lo, hi)
-        t = 1 if v.kind == "image" else -(-v.frames // temporal)
-        grids.append((t, h // patch, w // patch))
-    return grids
+    """(t, h, w) patch grids of the layout's visual inputs, by the adapter's rule (the one the layout counted with)."""
+    from dpvr.backbones import adapter_class
+
+    rule, proc = adapter_class(config.model_type), shape_meta(config).get("processor") or {}
+    return [rule.visual_grid(config, v, proc) for v in layout.visuals]
 
 
 def qwen_window_pairs(grid_h: int, grid_w: int, window_units: int, merge: int) -> int:
@@ -131,7 +119,10 @@ def qwen_window_pairs(grid_h: int, grid_w: int, window_units: int, merge: int) -
 
 def _qwen(config, layout: PromptLayout) -> int:
     vc = config.vision_config
-    dv, out, merge = vc.hidden_size, vc.out_hidden_size, vc.spatial_merge_size
+    qwen2 = config.model_type == "qwen2_vl"  # tower width embed_dim, plain MLP, full attention, out = hidden_size
+    dv = vc.embed_dim if qwen2 else vc.hidden_size
+    out = vc.hidden_size if qwen2 else vc.out_hidden_size
+    merge = vc.spatial_merge_size
     channels = getattr(vc, "in_channels", None) or getattr(vc, "in_chans", 3)
     qwen3 = config.model_type == "qwen3_vl"
     total = 0
@@ -139,7 +130,10 @@ def _qwen(config, layout: PromptLayout) -> int:
         n, frame = t * gh * gw, gh * gw
         total += 2 * n * channels * vc.temporal_patch_size * vc.patch_size**2 * dv  # patch conv
         full_pairs = t * frame * frame
-        if qwen3:
+        if qwen2:
+            total += encoder_flops(n, vc.depth, dv, int(dv * vc.mlp_ratio), 2, pairs=full_pairs)
+            mergers = 1
+        elif qwen3:
             total += encoder_flops(n, vc.depth, dv, vc.intermediate_size, 2, pairs=full_pairs)
             mergers = 1 + len(vc.deepstack_visual_indexes)
         else:

@@ -75,6 +75,8 @@ def encode(processor, prompts: list[Prompt], device=None, dtype=None, texts: lis
     """Left-padded tensors for a batch of prompts (images flattened in order); ``texts`` replaces the rendering."""
     texts = texts if texts is not None else [render(processor, p.messages) for p in prompts]
     images = [im for p in prompts for im in p.images]
+    if images and all(p.images for p in prompts):
+        images = [list(p.images) for p in prompts]  # one list per prompt: Gemma 3 and Idefics3 count images per sample
     tok = getattr(processor, "tokenizer", processor)
     old = tok.padding_side
     tok.padding_side = "left"

@@ -58,9 +58,9 @@ class DPVRLmms(lmms):
 
     def _setup_processes(self, device: str | None) -> str | None:
         """Rank and world size from accelerate (one process per device, each a shard of the documents)."""
-        from accelerate import Accelerator
+        from dpvr.lmms_eval_plugin.processes import setup_processes
 
-        accelerator = Accelerator()
+        accelerator = setup_processes()
         self.accelerator = accelerator
         self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         if self._world_size > 1:

@@ -19,6 +19,7 @@ over by the next process atomically, whatever the lock file holds (empty, garbag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -147,16 +148,46 @@ def _recipe_axes(values: dict, settings: SweepSettings) -> dict:
     return kw
 
 
-def flops_saving(llava_config, dpvr_config: dict, settings: SweepSettings, text_tokens: int = 24,
+def _training_image_size(settings: SweepSettings) -> tuple[int, int] | None:
+    """(height, width) of the first image of the sweep's training data, or None if it has none."""
+    from PIL import Image
+
+    from dpvr.train.run import TrainArgs, resolve_inputs
+
+    _, data, folder = resolve_inputs(TrainArgs(out=settings.out, model=settings.model, data=settings.data,
+                                               image_folder=settings.image_folder))
+    records = json.loads(Path(data).read_text()) if str(data).endswith(".json") else []
+    for rec in records if isinstance(records, list) else []:
+        if isinstance(rec, dict) and isinstance(rec.get("image"), str) and (Path(folder) / rec["image"]).is_file():
+            with Image.open(Path(folder) / rec["image"]) as im:
+                return im.height, im.width
+    return None
+
+
+def flops_saving(model_config, dpvr_config: dict, settings: SweepSettings, text_tokens: int = 24,
                  system_tokens: int = 8) -> float:
-    """Analytic LM prefill saving against vanilla at the embedded benchmark's prompt shape."""
+    """Analytic LM prefill saving against vanilla at the sweep's prompt shape: one image of the training data's
+    size, counted by the family's rule (`dpvr.shapes.layout`; a fixed grid for LLaVA-1.5, the image's size for
+    the dynamic-resolution families, whose vision config names no image size)."""
     from dpvr.config import DPVRConfig
     from dpvr.efficiency.flops import ShapeDims, compare
     from dpvr.efficiency.methods import Method
 
+    from dpvr.shapes.layout import Visual, prompt_layout
+
+    layout = None
+    size = _training_image_size(settings)
+    if size is not None:
+        meta = getattr(model_config, "_dpvr_shape", None) or {}
+        if "layouts" not in meta:  # a checkpoint, not a bundled shape: its default layout is this image
+            model_config._dpvr_shape = {**meta, "layouts": {"image": [{"kind": "image", "height": size[0],
+                                                                       "width": size[1]}]}}
+        layout = prompt_layout(model_config, visuals=[Visual("image", size[0], size[1])])
+        layout = dataclasses.replace(layout, visuals=(), units=())  # the LM's saving needs no vision-tower FLOPs
     cfg = DPVRConfig.from_dict(dpvr_config)
     methods = [Method("vanilla", DPVRConfig(variant="vanilla")), Method(cfg.variant, cfg)]
-    rows = compare(ShapeDims.from_config(llava_config), methods, text_tokens=[text_tokens], system_tokens=system_tokens)
+    rows = compare(ShapeDims.from_config(model_config, layout), methods, text_tokens=[text_tokens],
+                   system_tokens=system_tokens)
     return rows[-1]["saving_lm"]
 
 

@@ -56,6 +56,39 @@ def _longest_token(tokenizer) -> int:
     return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
 
 
+def check_record(rec: dict, index: int, image_folder: Path | None, allow_outside_paths: bool = False,
+                 max_chars: int | None = None, max_length: int | None = None) -> tuple[str, Path | None]:
+    """(id, image path or None) of a training record, or one :class:`BadInput` line saying what is wrong.
+
+    The schema, one image per record, the image inside ``image_folder`` (unless ``allow_outside_paths``)
+    and readable, exactly one ``<image>`` placeholder with it and none without, and at most ``max_chars``
+    characters (a text that certainly cannot fit ``max_length`` tokens is refused before tokenising).
+    """
+    validate_training_record(rec, f"record {index}")
+    rid = str(rec.get("id", index))
+    image = rec.get("image")
+    path = None
+    if isinstance(image, list):
+        raise BadInput(f"record {rid!r} has {len(image)} images; training takes one image per record")
+    if image is not None:
+        if image_folder is None:
+            raise BadInput(f"record {rid!r} has an image but no --image-folder was given")
+        path = resolve_inside(image_folder, image, f"record {rid!r}", allow_outside_paths)
+        if not path.is_file():
+            raise FileNotFoundError(f"record {rid!r}: image {path} does not exist")
+        check_image(path, f"record {rid!r}")
+    n_placeholders = sum(t["value"].count("<image>") for t in rec["conversations"])
+    if image is not None and n_placeholders != 1:
+        raise BadInput(f"record {rid!r} has an image but {n_placeholders} '<image>' placeholders (need 1)")
+    if image is None and n_placeholders:
+        raise BadInput(f"record {rid!r} has '<image>' in its text but no 'image' field")
+    chars = sum(len(t["value"]) for t in rec["conversations"])
+    if max_chars is not None and chars > max_chars:  # certainly too long: no need to tokenise
+        raise BadInput(f"record {rid!r} has {chars:,} characters, more than {max_length} tokens can hold; "
+                       "shorten it or pass --skip-bad to drop such records")
+    return rid, path
+
+
 @dataclass
 class Example:
     id: str
@@ -90,32 +123,12 @@ class LlavaConversationDataset(torch.utils.data.Dataset):
             raise BadInput(f"no usable training records{skipped}")
 
     def _prepare(self, rec: dict, image_tokens: int, max_length: int | None, index: int = 0) -> Example:
-        validate_training_record(rec, f"record {index}")
-        rid = str(rec.get("id", index))
-        image = rec.get("image")
-        if isinstance(image, list):
-            raise BadInput(f"record {rid!r} has {len(image)} images; training takes one image per record")
-        if image is not None:
-            if self.image_folder is None:
-                raise BadInput(f"record {rid!r} has an image but no --image-folder was given")
-            path = resolve_inside(self.image_folder, image, f"record {rid!r}", self.allow_outside_paths)
-            if not path.is_file():
-                raise FileNotFoundError(f"record {rid!r}: image {path} does not exist")
-            check_image(path, f"record {rid!r}")
-        n_placeholders = sum(t["value"].count("<image>") for t in rec["conversations"])
-        if image is not None and n_placeholders != 1:
-            raise BadInput(f"record {rid!r} has an image but {n_placeholders} '<image>' placeholders (need 1)")
-        if image is None and n_placeholders:
-            raise BadInput(f"record {rid!r} has '<image>' in its text but no 'image' field")
-        chars = sum(len(t["value"]) for t in rec["conversations"])
-        if self._max_chars is not None and chars > self._max_chars:  # certainly too long: no need to tokenise
-            raise BadInput(f"record {rid!r} has {chars:,} characters, more than {max_length} tokens can hold; "
-                           "shorten it or pass --skip-bad to drop such records")
+        rid, path = check_record(rec, index, self.image_folder, self.allow_outside_paths, self._max_chars, max_length)
         tok = tokenize_conversation(rec, self.processor.tokenizer, num_image_tokens=image_tokens)
         if max_length is not None and len(tok["input_ids"]) > max_length:
             raise BadInput(f"record {rid!r} is {len(tok['input_ids'])} tokens, longer than the model's "
                            f"max length {max_length}; shorten it or pass --skip-bad to drop such records")
-        return Example(rid, tok["input_ids"], tok["labels"], None if image is None else str(path))
+        return Example(rid, tok["input_ids"], tok["labels"], None if path is None else str(path))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -130,9 +143,27 @@ class LlavaConversationDataset(torch.utils.data.Dataset):
         return item
 
 
+#: Processor outputs with one value per token (padded like ``input_ids``); the rest are per image/video.
+TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0, zero-padding every other dimension to the largest (AnyRes tile counts)."""
+    shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+    padded = []
+    for p in parts:
+        pad = []
+        for d in reversed(range(1, p.dim())):
+            pad += [0, shape[d - 1] - p.shape[d]]
+        padded.append(torch.nn.functional.pad(p, pad) if any(pad) else p)
+    return torch.cat(padded, dim=0)
+
+
 @dataclass
 class DataCollator:
-    """Right-pads input_ids/labels; stacks the images of the batch in sample order."""
+    """Right-pads ``input_ids``/``labels`` and the per-token processor outputs (``TOKEN_KEYS``); concatenates the
+    per-image ones (``pixel_values``, ``image_grid_thw``, ``image_sizes``, ...) in sample order, zero-padding
+    ragged trailing dimensions. The one collator of every family (LLaVA-1.5 items carry only ``pixel_values``)."""
 
     pad_token_id: int
 
@@ -145,7 +176,13 @@ class DataCollator:
             n = len(it["input_ids"])
             ids[i, :n], labels[i, :n], mask[i, :n] = it["input_ids"], it["labels"], 1
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        images = [it["pixel_values"] for it in items if "pixel_values" in it]
-        if images:
-            batch["pixel_values"] = torch.cat(images, dim=0)  # (n_images, 3, H, W)
+        for key in [k for k in dict.fromkeys(k for it in items for k in it) if k not in batch]:
+            if key in TOKEN_KEYS:
+                out = torch.zeros((len(items), width), dtype=torch.long)
+                for i, it in enumerate(items):
+                    if key in it:
+                        out[i, : len(it[key])] = it[key]
+                batch[key] = out
+            else:
+                batch[key] = _cat_padded([it[key] for it in items if key in it])  # e.g. (n_images, 3, H, W)
         return batch

@@ -37,9 +37,9 @@ from dpvr.outlock import check_out, output_lock
 from dpvr.train import checkpoints as ckpt
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
+from dpvr.train.family_data import ProcessorConversationDataset
 from dpvr.train.progress import use_progress
 from dpvr.train.teacher_cache import INDEX_KEY
-from dpvr.train.family_data import FamilyDataCollator, ProcessorConversationDataset
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,15 @@ ZERO_GRADIENT_TEXT_ONLY = (
     "the side-branch gradient of the first step is exactly zero: its batch has no image, so the side branch takes "
     "no part in the loss. That is expected for text-only samples; batches with images train it."
 )
+
+ZERO_GRADIENT_OUT_OF_REACH = (
+    "the side-branch gradient of the first step is exactly zero although its batch has images: no answer token "
+    "attends to an image position in the fusion layers, e.g. sliding-window fusion layers (Gemma 3's last layer "
+    "is one) whose window ends before the answers. Choose full-attention fusion layers with --fusion-layers."
+)
+
+#: model inputs that carry images or videos (a batch without any cannot train the side branch)
+VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
 
 
 def default_split(num_layers: int) -> int:
@@ -82,7 +91,7 @@ def load_base(model_dir: str, bf16: bool = False):
 
 
 def datasets_for(base, processor, image_folder, max_length, skip_bad: bool, allow_outside_paths: bool = False):
-    """(records -> dataset, collator class) for the base's family.
+    """(records -> dataset, collator class) for the base's family (one collator for all).
 
     LLaVA-1.5 (a fixed number of image tokens per image) keeps its own tokenisation; every other family
     lets its processor expand the images (grid- or AnyRes-dependent counts) and passes all its outputs on.
@@ -93,7 +102,7 @@ def datasets_for(base, processor, image_folder, max_length, skip_bad: bool, allo
                                                       skip_bad, allow_outside_paths)), DataCollator
     visual = adapter_for(base).all_visual_ids()
     return (lambda recs: ProcessorConversationDataset(recs, image_folder, processor, visual, max_length,  # noqa: E731
-                                                      skip_bad)), FamilyDataCollator
+                                                      skip_bad, allow_outside_paths)), DataCollator
 
 
 def build_trainable(base, args: TrainArgs):
@@ -132,6 +141,9 @@ class _Trainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         index = inputs.pop(INDEX_KEY, None)
+        probe = next((c for c in self.callback_handler.callbacks if isinstance(c, _GradProbe)), None)
+        if probe is not None and probe.first_step is None and model.training:
+            probe.saw_visual |= any(inputs.get(k) is not None and inputs[k].numel() > 0 for k in VISUAL_INPUTS)
         if self.distiller is not None and model.training:
             result = self._distill_loss(model, inputs, index, return_outputs, kwargs.get("num_items_in_batch"))
         else:
@@ -203,6 +215,7 @@ class _GradProbe(TrainerCallback):
 
     def __init__(self):
         self.first_step = None
+        self.saw_visual = False  # set by _Trainer.compute_loss for the batches of the first step
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.first_step is not None or model is None:
@@ -214,7 +227,10 @@ class _GradProbe(TrainerCallback):
         if nonzero == 0 and state.is_world_process_zero:
             inner = getattr(model, "module", model)
             config = getattr(inner, "dpvr_config", None)
-            why = ZERO_GRADIENT_WHY if config is None or config.variant == "ideal" else ZERO_GRADIENT_TEXT_ONLY
+            if config is None or config.variant == "ideal":
+                why = ZERO_GRADIENT_WHY
+            else:
+                why = ZERO_GRADIENT_OUT_OF_REACH if self.saw_visual else ZERO_GRADIENT_TEXT_ONLY
             log.warning(why)
             print(f"dpvr train: {why}", flush=True)
 

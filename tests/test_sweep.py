@@ -88,6 +88,25 @@ def test_sweep_runs_resumes_and_reports(tiny_dir, tmp_path):
     assert json.loads((out / "table.json").read_text())["suggested_split"] == 2
 
 
+def test_distill_is_a_grid_axis_and_its_points_share_one_target_cache(tiny_dir, tmp_path):
+    grid = parse_grid(["distill=off,on", "distill_feature_weight=0"])
+    assert grid == {"distill": [False, True], "distill_feature_weight": [0.0]}
+    points = expand_grid(grid, ["lf"], [0])
+    assert [p.group for p in points] == ["v=lf_kd=off_kdfeat=0", "v=lf_kd=on_kdfeat=0"]
+    out = tmp_path / "sweep"
+    records = run_sweep(points, settings_for(tiny_dir, out, split=1), evaluate_fn=fake_accuracy, progress=False)
+    assert len(records) == 2
+    args = [json.loads((out / "points" / p.name / "train" / "train_args.json").read_text()) for p in points]
+    assert [a["distill"] for a in args] == [False, True]
+    assert args[1]["distill_cache"] == str(out / "teacher-targets") and args[1]["distill_feature_weight"] == 0
+    assert (out / "teacher-targets" / "manifest.json").is_file()
+    assert "v=lf_kd=on_kdfeat=0" in write_report(records, out)["markdown"]
+    with pytest.raises(ValueError, match="not on/off"):
+        parse_grid(["distill=maybe"])
+    with pytest.raises(ValueError, match="distill_kl_weight"):
+        parse_grid(["distill_kl_weight=-1"])
+
+
 def test_locked_points_are_skipped_and_stale_locks_taken_over(tiny_dir, tmp_path):
     from outlock_helpers import hold_lock
 

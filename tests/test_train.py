@@ -156,14 +156,17 @@ def test_bad_input_is_a_clear_error(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--distill", "--split", "1"]], ids=["plain", "distill"])
+def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path, extra):
     """accelerate launch with 2 CPU processes (gloo), same global batch as 1 process.
 
     Uses the shipped configs/accelerate/ddp.yaml: on a machine without CUDA, accelerate's MULTI_GPU
     launcher starts torch.distributed.run and the processes use gloo (`--cpu` would start one process).
+    With --distill (split 1: both terms non-zero from the first step), the terms are normalised across
+    processes as the LM loss is.
     """
     common = ["--model", str(tiny_dir / "model"), "--data", str(tiny_dir / "data" / "train.json"), "--split", "2",
-              "--max-steps", "3", "--eval-samples", "4", "--no-progress", "--seed", "3"]
+              "--max-steps", "3", "--eval-samples", "4", "--no-progress", "--seed", "3", *extra]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     one = subprocess.run([sys.executable, "-m", "dpvr", "train", "--out", str(tmp_path / "one"), "--batch-size", "4",
                           *common], env=env, capture_output=True, text=True, timeout=600)

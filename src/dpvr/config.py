@@ -39,6 +39,11 @@ VARIANTS = ("vanilla", "lf", "pc", "kv", "ideal", "fastv", "vtw")
 DPVR_VARIANTS = ("lf", "pc", "kv", "ideal")  # the variants with a side branch
 PEER_VARIANTS = ("fastv", "vtw")  # inference-time peers: no side branch, no training
 FASTV_DEFAULT_K = 2
+# Training choices named here (not in dpvr.train) so the CLI can list them without importing transformers:
+# HF Trainer schedules that need no extra arguments ("constant" has no warmup; the others warm up linearly first)
+LR_SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant", "polynomial", "inverse_sqrt",
+                 "cosine_with_restarts")
+DISTILL_FEATURE_LOSSES = ("mse", "cosine")  # dpvr.train.distill
 FASTV_DEFAULT_RATIO = 0.5
 SIDE_INITS = ("copy", "random")
 MODES = ("full", "text", "kv", "fuse")

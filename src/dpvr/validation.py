@@ -157,6 +157,10 @@ class SweepGrid(_Schema):
     side_depth: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
     lr: Annotated[list[Annotated[float, Field(gt=0.0, allow_inf_nan=False)]], Field(min_length=1)] | None = None
     fusion_layers: Annotated[list[RelPath], Field(min_length=1)] | None = None
+    distill: Annotated[list[bool], Field(min_length=1)] | None = None
+    distill_kl_weight: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]], Field(min_length=1)] | None = None
+    distill_feature_weight: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]], Field(min_length=1)] | None = None
+    warmup_ratio: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _no_repeated_values(self):

@@ -37,7 +37,9 @@ def add_parser(sub) -> None:
         ),
         epilog=(
             "Grid axes: split=4,5,6  num_fusion_layers=1,2  side_depth=1,2  lr=1e-3,2e-3  "
-            "fusion_layers=[s+2,N-1];[N-2,N-1]  (s = the point's split, N = layers; semicolons between lists)."
+            "fusion_layers=[s+2,N-1];[N-2,N-1]  (s = the point's split, N = layers; semicolons between lists)  "
+            "warmup_ratio=0.03,0.1  distill=off,on  distill_kl_weight=1  distill_feature_weight=0,1 "
+            "(distilled points share the teacher's targets in OUT/teacher-targets)."
         ),
     )
     p.add_argument("--grid", nargs="+", required=True, metavar="AXIS=VALUES", help="grid axes (see below)")

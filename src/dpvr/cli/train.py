@@ -8,7 +8,8 @@ import sys
 
 from dpvr.cli.help import hidden_alias
 
-from dpvr.config import DPVR_VARIANTS
+from dpvr.config import DISTILL_FEATURE_LOSSES as FEATURE_LOSSES
+from dpvr.config import DPVR_VARIANTS, LR_SCHEDULERS
 
 
 def _int_list(text: str) -> list[int]:
@@ -48,6 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="samples per device per step")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="linear warmup as a share of the steps")
+    p.add_argument("--lr-scheduler", choices=list(LR_SCHEDULERS), default="cosine",
+                   help="learning-rate schedule after the warmup (HF Trainer's lr_scheduler_type)")
     p.add_argument("--seed", type=int, default=0, help="one seed for initialisation and data order")
     p.add_argument("--bf16", action="store_true", help="bfloat16 weights and mixed precision")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
@@ -62,6 +65,20 @@ def add_parser(sub) -> None:
     hidden_alias(p, "--no-progress", "quiet", action="store_true")
     p.add_argument("--allow-outside-paths", action="store_true",
                    help="let image paths resolve outside --image-folder (../, absolute paths, symlinks out)")
+    d = p.add_argument_group("self-distillation from the unrouted base (--method dpvr)")
+    d.add_argument("--distill", action="store_true",
+                   help="add a KL term (routed vs unrouted next-token distributions) and a feature term (side-branch "
+                        "states vs the base's states entering the fusion layer) to the LM loss")
+    d.add_argument("--distill-temperature", type=float, default=1.0, help="temperature T of the KL term (scaled by T²)")
+    d.add_argument("--distill-kl-weight", type=float, default=1.0, help="weight of the KL term (0: logged only)")
+    d.add_argument("--distill-feature-loss", choices=list(FEATURE_LOSSES), default="mse",
+                   help="mse (divided by the teacher states' squared norm) or cosine (mean 1 - cos)")
+    d.add_argument("--distill-feature-weight", type=float, default=1.0, help="weight of the feature term (0: logged only)")
+    d.add_argument("--distill-top-k", type=int, default=0,
+                   help="teacher logits kept per position, renormalised (0: the whole vocabulary)")
+    d.add_argument("--distill-cache", metavar="DIR",
+                   help="compute the teacher's targets once into DIR (or reuse them) instead of a teacher forward "
+                        "per step; share DIR between runs on the same data")
     p.set_defaults(func=run)
 
 
@@ -78,7 +95,10 @@ def run(args) -> int:
         gradient_checkpointing=args.gradient_checkpointing, max_samples=args.max_samples, eval_data=args.eval_data,
         eval_samples=args.eval_samples, logging_steps=args.logging_steps, save_steps=args.save_steps,
         resume=args.resume, skip_bad=args.skip_bad, allow_outside_paths=args.allow_outside_paths,
-        progress=not args.quiet,
+        progress=not args.quiet, lr_scheduler=args.lr_scheduler, distill=args.distill,
+        distill_temperature=args.distill_temperature, distill_kl_weight=args.distill_kl_weight,
+        distill_feature_loss=args.distill_feature_loss, distill_feature_weight=args.distill_feature_weight,
+        distill_top_k=args.distill_top_k, distill_cache=args.distill_cache,
     )
     try:
         with hf_bars(not args.quiet):  # --quiet also hides transformers' weight-loading bar

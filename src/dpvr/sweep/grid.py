@@ -1,4 +1,4 @@
-"""Grid specifications: ``split=4,5,6 num_fusion_layers=1,2 fusion_layers=[s+2,N-1];[N-2,N-1]``.
+"""Grid specifications: ``split=4,5,6 num_fusion_layers=1,2 fusion_layers=[s+2,N-1];[N-2,N-1] distill=off,on``.
 
 Each ``key=values`` gives one axis. Values are separated by commas, or by semicolons when a value
 is itself a list (``fusion_layers``). Inside ``fusion_layers``, ``s`` is the point's split and
@@ -15,15 +15,28 @@ from dataclasses import dataclass, field
 
 from dpvr.validation import validate_grid
 
+def _switch(text: str) -> bool:
+    value = {"0": False, "off": False, "false": False, "no": False, "1": True, "on": True, "true": True,
+             "yes": True}.get(text.lower())
+    if value is None:
+        raise ValueError(f"{text!r} is not on/off (use 0,1 or off,on)")
+    return value
+
+
 AXES = {
     "split": int,
     "num_fusion_layers": int,
     "side_depth": int,
     "lr": float,
     "fusion_layers": str,  # resolved per point: may use s and N
+    "distill": _switch,  # dpvr train --distill (teacher targets shared through OUT/teacher-targets)
+    "distill_kl_weight": float,
+    "distill_feature_weight": float,
+    "warmup_ratio": float,
 }
 SHORT = {"split": "s", "num_fusion_layers": "K", "side_depth": "D", "lr": "lr", "fusion_layers": "F",
-         "variant": "v", "seed": "seed"}
+         "variant": "v", "seed": "seed", "distill": "kd", "distill_kl_weight": "kdkl",
+         "distill_feature_weight": "kdfeat", "warmup_ratio": "wu"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class Point:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
     if isinstance(v, float):
         return f"{v:g}"
     return str(v).replace(" ", "")

@@ -79,7 +79,9 @@ def plot(rows: list[dict], out: Path, suggested_split: int | None = None, refere
         series = defaultdict(list)
         for r in rows:
             if axis in r:
-                others = tuple((k, r.get(k)) for k in ("split", "num_fusion_layers", "side_depth", "lr", "fusion_layers")
+                others = tuple((k, r.get(k)) for k in ("split", "num_fusion_layers", "side_depth", "lr", "fusion_layers",
+                                                       "distill", "distill_kl_weight", "distill_feature_weight",
+                                                       "warmup_ratio")
                                if k != axis and k in r)
                 series[(r["variant"],) + others].append((r[axis], r["overall_mean"], r["overall_std"]))
         series = {k: sorted(v) for k, v in series.items() if len(v) > 1}

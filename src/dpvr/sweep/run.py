@@ -6,6 +6,7 @@ Layout::
     OUT/points/<name>/train/       the point's training output (adapter, loss curve, result)
     OUT/points/<name>/point.json   written last: settings, accuracy per family, loss, FLOPs saving
     OUT/vanilla.json               the base model's accuracy with the same evaluation (reference)
+    OUT/teacher-targets/           the unrouted base's targets, shared by the points with distill=on
     OUT/table.{json,csv,md}, OUT/*.png   the aggregate (dpvr.sweep.report)
 
 A point is finished when its ``point.json`` exists with the same grid values and recipe (steps,
@@ -114,7 +115,7 @@ def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn, 
         num_fusion_layers=values.get("num_fusion_layers") if fusion is None and point.variant == "lf" else None,
         side_depth=values.get("side_depth", 1), lr=values.get("lr", settings.lr), seed=point.seed,
         max_steps=settings.max_steps, batch_size=settings.batch_size, max_samples=settings.max_samples,
-        progress=False,
+        progress=False, **_recipe_axes(values, settings),
     )
     summary = train(args)
     accuracy = evaluate_fn(model_dir, train_dir / "adapter", settings)
@@ -136,6 +137,15 @@ def run_point(point: Point, settings: SweepSettings, folder: Path, evaluate_fn, 
     }
     write_json_atomic(folder / POINT_FILE, record)
     return record
+
+
+def _recipe_axes(values: dict, settings: SweepSettings) -> dict:
+    """TrainArgs from the recipe axes of a point (warmup, distillation); distilled points share one target cache."""
+    kw = {k: values[k] for k in ("warmup_ratio",) if k in values}
+    if values.get("distill"):
+        kw |= {k: values[k] for k in ("distill_kl_weight", "distill_feature_weight") if k in values}
+        kw |= {"distill": True, "distill_cache": str(Path(settings.out) / "teacher-targets")}
+    return kw
 
 
 def _training_image_size(settings: SweepSettings) -> tuple[int, int] | None:

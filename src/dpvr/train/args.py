@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpvr.config import DPVR_VARIANTS
+from dpvr.config import DISTILL_FEATURE_LOSSES as FEATURE_LOSSES
+from dpvr.config import DPVR_VARIANTS, LR_SCHEDULERS
 
 METHODS = ("dpvr", "lora", "full")
 DEFAULT_LR = {"lf": 1e-3, "pc": 2e-4, "kv": 2e-4, "ideal": 2e-4, "lora": 2e-4, "full": 2e-5}
@@ -38,6 +39,7 @@ class TrainArgs:
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     seed: int = 0
     bf16: bool = False
@@ -51,6 +53,14 @@ class TrainArgs:
     skip_bad: bool = False
     allow_outside_paths: bool = False  # images may resolve outside the image folder (../, absolute, symlinks)
     progress: bool = True
+    # self-distillation from the unrouted base (dpvr.train.distill; --method dpvr only)
+    distill: bool = False
+    distill_temperature: float = 1.0
+    distill_kl_weight: float = 1.0
+    distill_feature_loss: str = "mse"
+    distill_feature_weight: float = 1.0
+    distill_top_k: int = 0  # teacher logits kept per position: 0 = the whole vocabulary
+    distill_cache: str | None = None  # folder of precomputed teacher targets (dpvr.train.teacher_cache)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -64,8 +74,31 @@ class TrainArgs:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"--lr-scheduler {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
+        self._check_distill()
         if self.max_steps == -1 and not self.epochs > 0:
             raise ValueError(f"--epochs must be > 0 (or give --max-steps), got {self.epochs}")
+
+    def _check_distill(self) -> None:
+        if not self.distill:
+            if self.distill_cache is not None:
+                raise ValueError("--distill-cache needs --distill")
+            return
+        if self.method != "dpvr":
+            raise ValueError(f"--distill trains a DPVR side branch from the unrouted base; --method {self.method} "
+                             "has no routing to switch off (use --method dpvr)")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"--distill-temperature must be > 0, got {self.distill_temperature}")
+        for name in ("distill_kl_weight", "distill_feature_weight"):
+            value = getattr(self, name)
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.distill_feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"--distill-feature-loss must be one of {', '.join(FEATURE_LOSSES)}, "
+                             f"got {self.distill_feature_loss!r}")
+        if self.distill_top_k < 0:
+            raise ValueError(f"--distill-top-k must be >= 0 (0: the whole vocabulary), got {self.distill_top_k}")
 
     @property
     def learning_rate(self) -> float:

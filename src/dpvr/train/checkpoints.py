@@ -118,6 +118,7 @@ def finished_state(checkpoint: str | Path) -> dict | None:
 def loss_rows(log_history: list[dict]) -> list[dict]:
     """The training loss rows of ``loss.jsonl`` from the Trainer's log history (resumed runs included)."""
     return [{"stage": "train", "step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate")}
+            | {k: v for k, v in h.items() if k.startswith("distill_")}  # the distillation terms (--distill)
             for h in log_history if "loss" in h and "step" in h]
 
 

@@ -39,6 +39,7 @@ from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
 from dpvr.train.family_data import ProcessorConversationDataset
 from dpvr.train.progress import use_progress
+from dpvr.train.teacher_cache import INDEX_KEY
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,17 @@ class _Trainer(Trainer):
     trains with a zero gradient instead of failing in backward: that is a fact of the batch, not an error.
     """
 
+    distiller = None  # a dpvr.train.distill.Distiller with --distill
+
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        index = inputs.pop(INDEX_KEY, None)
         probe = next((c for c in self.callback_handler.callbacks if isinstance(c, _GradProbe)), None)
         if probe is not None and probe.first_step is None and model.training:
             probe.saw_visual |= any(inputs.get(k) is not None and inputs[k].numel() > 0 for k in VISUAL_INPUTS)
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if self.distiller is not None and model.training:
+            result = self._distill_loss(model, inputs, index, return_outputs, kwargs.get("num_items_in_batch"))
+        else:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         loss = result[0] if return_outputs else result
         if torch.is_grad_enabled() and not loss.requires_grad:
             # Every trainable parameter joins the graph with a zero coefficient: zero gradients, and every
@@ -148,6 +155,36 @@ class _Trainer(Trainer):
             loss = loss + sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, *result[1:]) if return_outputs else loss
         return result
+
+    def _distill_loss(self, model, inputs, index, return_outputs, num_items_in_batch):
+        """The LM loss plus the distillation terms, normalised as the Trainer normalises the LM loss."""
+        inner = self.accelerator.unwrap_model(model)
+        targets = self.distiller.targets(inner, inputs, index)  # no grad: the unrouted base, or the cache
+        with self.distiller.capture(inner, inputs["input_ids"]) as side:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        token_count = None
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # the LM loss is sum / num_items_in_batch (whole accumulated batch, all processes) times the
+            # process count (Trainer.compute_loss); the Trainer does not divide it by the accumulation steps
+            divisor, feature_divisor = num_items_in_batch, self.current_gradient_accumulation_steps
+            scale = 1
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                scale = self.accelerator.num_processes // self.get_tp_size()
+                device = inputs["input_ids"].device
+                token_count = lambda n: int(self.accelerator.reduce(torch.tensor(n, device=device), "sum"))  # noqa: E731
+        else:  # a per-batch mean, divided by the accumulation steps by the Trainer
+            divisor, feature_divisor, scale = max(1, int(targets.logit_values.shape[0])), 1, 1
+        extra = self.distiller.extra_loss(outputs.logits, inputs["labels"], side.states, targets, divisor, scale,
+                                          feature_divisor, token_count)
+        if extra is not None:
+            loss = loss + extra
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if self.distiller is not None and "loss" in logs:
+            logs.update(self.distiller.pop_metrics())
+        super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir=None, state_dict=None):
         model = self.accelerator.unwrap_model(self.model)
@@ -285,7 +322,7 @@ def _train(args: TrainArgs, out: Path) -> dict:
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=args.lr_scheduler,
         warmup_steps=args.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -304,9 +341,14 @@ def _train(args: TrainArgs, out: Path) -> dict:
         remove_unused_columns=False,
         disable_tqdm=True,  # dpvr.train.progress shows the bar (step/total, loss, ETA)
     )
+    distiller, train_data, train_collator = None, train_set, collator_class(pad_id)
+    if args.distill:
+        distiller, train_data, train_collator = _distillation(args, model, train_set, train_collator, data_path,
+                                                              image_folder, targs)
     probe = _GradProbe()
-    trainer = _Trainer(model=model, args=targs, train_dataset=train_set, data_collator=collator_class(pad_id),
+    trainer = _Trainer(model=model, args=targs, train_dataset=train_data, data_collator=train_collator,
                        callbacks=[probe])
+    trainer.distiller = distiller
     use_progress(trainer, f"train {args.variant if args.method == 'dpvr' else args.method}", args.progress)
     saved = ckpt.read_loss_state(resume) if resume else None
     trainer.add_callback(ckpt.RestoreLossState(trainer, saved))
@@ -351,6 +393,23 @@ def _train(args: TrainArgs, out: Path) -> dict:
     if trainer.is_world_process_zero():
         _write_outputs(out, model, args, summary, ckpt.loss_rows(trainer.state.log_history))
     return summary
+
+
+def _distillation(args: TrainArgs, model, train_set, collator, data_path: str, image_folder: str, targs):
+    """(Distiller, training dataset, collator): with a cache, the targets are computed (or found) here, once."""
+    from dpvr.train.distill import Distiller
+    from dpvr.train.teacher_cache import IndexedCollator, IndexedDataset, cache_key, ensure_cache
+
+    distiller = Distiller(model, args.distill_temperature, args.distill_kl_weight, args.distill_feature_loss,
+                          args.distill_feature_weight, args.distill_top_k)
+    if args.distill_cache is None:
+        return distiller, train_set, collator
+    model.to(targs.device)  # where the Trainer puts it anyway
+    with targs.main_process_first(desc="teacher targets"):  # rank 0 computes; the others then read the cache
+        distiller.cache = ensure_cache(args.distill_cache, model, train_set, collator, distiller.layers,
+                                       cache_key(model.base, data_path, image_folder, args.distill_top_k),
+                                       args.batch_size, progress=args.progress)
+    return distiller, IndexedDataset(train_set), IndexedCollator(collator)
 
 
 def _write_outputs(out: Path, model, args: TrainArgs, summary: dict, train_rows: list[dict]) -> None:

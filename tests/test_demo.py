@@ -77,6 +77,8 @@ def test_html_numbers_equal_report_json(demo):
             assert f"{100 * row['flops_saving']:.1f} %" in html
     for name, t in report["training"].items():
         assert f"{t['trainable_parameters']:,}" in html
+    for f in report["frontier"].values():  # the front under the plot, as report.json names it
+        assert f["methods"] and f'<p class="frontier">{f["sentence"]}</p>' in __import__("html").unescape(html)
 
 
 def test_rerun_reuses_finished_stages(demo):

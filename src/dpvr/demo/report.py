@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from dpvr.demo.frontier import AXES, frontier, pareto_front
 from dpvr.efficiency.noise import assess
 from dpvr.io import write_json_atomic, write_text_atomic
 
@@ -50,6 +51,7 @@ def _methods_table(evaluation: dict, efficiency: dict) -> list[dict]:
 
 def build_report(context: dict, analysis: dict, training: dict, evaluation: dict, efficiency: dict) -> dict:
     families = evaluation["methods"]["settings"]["families"]
+    methods = _methods_table(evaluation, efficiency)
     return {
         "title": "DPVR on the embedded tiny LLaVA",
         "context": context,
@@ -59,7 +61,8 @@ def build_report(context: dict, analysis: dict, training: dict, evaluation: dict
         "training": {name: {k: t["summary"][k] for k in ("trainable_parameters", "global_steps", "eval_loss_before",
                                                          "eval_loss_after", "wall_seconds", "steps_per_second")}
                      | {"loss_png": t["loss_png"]} for name, t in training.items()},
-        "methods": _methods_table(evaluation, efficiency),
+        "methods": methods,
+        "frontier": frontier(methods, BLIND),
         "analytic_model": efficiency["analytic_model"],
         "analytic_7b": efficiency["analytic_7b"],
         "latency": {"machine": efficiency["latency"].get("machine"), "timing_method": efficiency["latency"].get("timing_method"),
@@ -142,7 +145,8 @@ def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
 
 
 def scatter_png(report: dict, path: Path) -> Path:
-    """Accuracy vs analytic FLOPs saving, one point per method (blank-image runs left out)."""
+    """Accuracy vs analytic FLOPs saving, one point per method (blank-image runs left out), at the tiny shape and
+    at LLaVA-1.5-7B's shape (same schedule), each with its Pareto front drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,19 +154,28 @@ def scatter_png(report: dict, path: Path) -> Path:
 
     from dpvr.efficiency.report import save_figure_atomic
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     markers = "osD^v<>PXh*"
-    points = [r for r in report["methods"] if r["flops_saving"] is not None and not r["method"].endswith(BLIND)]
-    for i, r in enumerate(points):  # one marker and colour per method, named in the legend: labels cannot collide
-        ax.scatter(100 * r["flops_saving"], r["overall"], s=36, marker=markers[i % len(markers)], color=f"C{i % 10}",
-                   label=r["method"], alpha=0.85, edgecolors="black", linewidths=0.4)
-    ax.set_xlabel("analytic LM prefill FLOPs saving at this shape (%)")
-    ax.set_ylabel("overall accuracy (%)")
-    ax.ticklabel_format(useOffset=False)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    points = [r for r in report["methods"] if not r["method"].endswith(BLIND)]
+    style = {r["method"]: (markers[i % len(markers)], f"C{i % 10}") for i, r in enumerate(points)}
+    for ax, (field, shape) in zip(axes, AXES.values()):
+        for r in points:  # one marker and colour per method, named in the legend: labels cannot collide
+            if r.get(field) is None:
+                continue
+            marker, color = style[r["method"]]
+            ax.scatter(100 * r[field], r["overall"], s=36, marker=marker, color=color, label=r["method"], alpha=0.85,
+                       edgecolors="black", linewidths=0.4, zorder=3)
+        front = pareto_front(points, field)
+        ax.step([100 * p[field] for p in front], [p["overall"] for p in front], where="pre", color="0.3",
+                linestyle="--", linewidth=1, zorder=2, label="Pareto front")
+        ax.set_xlabel(f"analytic LM prefill FLOPs saving, {shape} (%)")
+        ax.ticklabel_format(useOffset=False)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("overall accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     if (report.get("sample") or {}).get("smoke_test"):
-        ax.set_title(f"smoke test: {report['sample'].get('questions_per_family')} questions per family", fontsize=9)
+        fig.suptitle(f"smoke test: {report['sample'].get('questions_per_family')} questions per family", fontsize=9)
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
@@ -232,7 +245,9 @@ def render_html(report: dict, out: Path) -> str:
                      _ratio(r["prefill_latency_ratio"], r.get("prefill_latency_p25_p75"))]
                   for r in report["methods"]], "results")
         + "<p>Chance: " + ", ".join(f"{html.escape(f)} {_fmt(c)}" for f, c in report["chance"].items()) + ".</p></section>",
-        '<section id="scatter"><h2>Accuracy vs FLOPs</h2>' + _img(out / "accuracy_vs_flops.png", "accuracy vs FLOPs") + "</section>",
+        '<section id="scatter"><h2>Accuracy vs FLOPs</h2>' + _img(out / "accuracy_vs_flops.png", "accuracy vs FLOPs")
+        + "".join(f'<p class="frontier">{html.escape(f["sentence"])}</p>' for f in report.get("frontier", {}).values())
+        + "</section>",
         '<section id="efficiency"><h2>Efficiency</h2>'
         + "".join(
             f"<h3>Analytic prefill FLOPs: {html.escape(t['shape'])} (split {t['split']}, "

@@ -35,11 +35,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
-from dpvr.efficiency.latency import (CLOCKS, DTYPES, Timer, build_random_model, make_inputs, resolve_device,
+from dpvr.efficiency.latency import (bench_setup, CLOCKS, DTYPES, Timer, build_random_model, make_inputs,
                                      summarise, timing_method)
 from dpvr.efficiency.methods import make_methods
 from dpvr.efficiency.report import machine_info
-from dpvr.shapes import default_split, load_shape_config, shape_name
+from dpvr.shapes import shape_name
 from dpvr.shapes.layout import prompt_layout
 
 COMPILE_CHOICES = ("eager", "compiled", "both")
@@ -129,12 +129,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     from dpvr.config import DPVRConfig
 
     s = settings or DecodeSettings()
-    cfg = load_shape_config(config) if isinstance(config, str) else config
-    device = resolve_device(s.device)
-    dtype = DTYPES[s.dtype]
-    if device.type == "cpu" and s.threads:
-        torch.set_num_threads(s.threads)
-    split = s.split if s.split is not None else default_split(cfg)
+    cfg, device, dtype, split = bench_setup(config, s)
     methods = make_methods(method_names, cfg.text_config.num_hidden_layers, split, s.num_fusion_layers,
                            s.fusion_layers, s.side_depth, s.fastv_k, s.fastv_ratio, s.vtw_k)
     layout = prompt_layout(cfg, s.layout, system_tokens=_system(s))

@@ -271,6 +271,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def bench_setup(config: str | PretrainedConfig, s) -> tuple[PretrainedConfig, torch.device, torch.dtype, int]:
+    """What every measuring bench starts with, from its settings ``s`` (``device``, ``dtype``, ``threads``,
+    ``split``): the shape's config, the device, the dtype, the split (the shape's usual one by default);
+    fixes torch's CPU threads when ``s.threads`` is set."""
+    cfg = load_shape_config(config) if isinstance(config, str) else config
+    device = resolve_device(s.device)
+    if device.type == "cpu" and s.threads:
+        torch.set_num_threads(s.threads)
+    split = s.split if s.split is not None else default_split(cfg)
+    return cfg, device, DTYPES[s.dtype], split
+
+
 def measure_latency(
     config: str | PretrainedConfig,
     method_names: list[str],
@@ -283,13 +295,8 @@ def measure_latency(
     ``model`` (optional) is a ready base model to use instead of building one.
     """
     s = settings or LatencySettings()
-    cfg = load_shape_config(config) if isinstance(config, str) else config
-    device = resolve_device(s.device)
-    dtype = DTYPES[s.dtype]
-    if device.type == "cpu" and s.threads:
-        torch.set_num_threads(s.threads)
+    cfg, device, dtype, split = bench_setup(config, s)
     n_layers = cfg.get_text_config().num_hidden_layers
-    split = s.split if s.split is not None else default_split(cfg)
     methods = make_methods(method_names, n_layers, split, s.num_fusion_layers, s.fusion_layers, s.side_depth,
                            s.fastv_k, s.fastv_ratio, s.vtw_k)
 

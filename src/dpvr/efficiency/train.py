@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from dpvr.backbones import adapter_for
 from dpvr.config import DPVR_VARIANTS, DPVRConfig
-from dpvr.efficiency.latency import DTYPES, Timer, timing_method, build_random_model, make_inputs, resolve_device, summarise
+from dpvr.efficiency.latency import DTYPES, bench_setup, Timer, timing_method, build_random_model, make_inputs, summarise
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.report import machine_info
-from dpvr.shapes import default_split, load_shape_config, shape_name
+from dpvr.shapes import shape_name
 
 TRAIN_DPVR = DPVR_VARIANTS
 DEFAULT_TRAIN_METHODS = ("lf", "pc", "kv", "lora16", "full")
@@ -109,12 +109,7 @@ def measure_training(config, method_names: list[str], settings: TrainSettings | 
     for name in method_names:
         check_train_method(name)
     names = list(dict.fromkeys(method_names))
-    cfg = load_shape_config(config) if isinstance(config, str) else config
-    device = resolve_device(s.device)
-    dtype = DTYPES[s.dtype]
-    if device.type == "cpu" and s.threads:
-        torch.set_num_threads(s.threads)
-    split = s.split if s.split is not None else default_split(cfg)
+    cfg, device, dtype, split = bench_setup(config, s)
     DPVRConfig(variant="lf", split=split, num_fusion_layers=s.num_fusion_layers, fusion_layers=s.fusion_layers,
                side_depth=s.side_depth).resolve(cfg.text_config.num_hidden_layers)
 

@@ -14,6 +14,7 @@ def test_bench_latency_decode_cli_tiny(tmp_path, capsys):
     assert main(args) == 0
     report = json.loads((tmp_path / "latency-decode.json").read_text())
     assert report["kind"] == "latency-decode"
+    assert report["load"]["before"] and "noisy" in report["noise"]
     rows = {(r["method"], r["batch"]): r for r in report["results"]}
     assert set(rows) == {(m, b) for m in ("vanilla", "lf", "kv") for b in (1, 2)}
     for (method, batch), r in rows.items():
@@ -30,3 +31,26 @@ def test_bench_latency_decode_needs_enough_rounds(tmp_path, capsys):
     assert main(args) == 2
     assert "repeats >= 10" in capsys.readouterr().err
     assert not (tmp_path / "latency-decode.json").exists()
+
+
+def test_compiled_entries_carry_their_ratio_to_eager_with_quartiles_and_the_load():
+    """Compiled (dynamo tracing only: backend "eager", seconds) vs eager, paired per round; load and verdict in the report."""
+    import torch
+
+    from dpvr.efficiency.decode import DecodeSettings, measure_decode
+
+    torch._dynamo.reset()
+    try:
+        report = measure_decode("tiny", ["lf"], DecodeSettings(batch_sizes=[1], text_tokens=[8], new_tokens=2,
+                                                               compile_backend="eager", threads=1), progress=False)
+    finally:
+        torch._dynamo.reset()
+    rows = {r["label"]: r for r in report["results"]}
+    assert len(rows) == 4
+    for label, r in rows.items():
+        q = r["compiled_over_eager_p25_p75"]
+        if r["compiled"]:
+            assert q[0] <= r["compiled_over_eager"] <= q[1] and q[0] > 0
+        else:
+            assert q is None and r["compiled_over_eager"] is None
+    assert len(report["load"]["before"]) == 3 and len(report["load"]["after"]) == 3

@@ -30,3 +30,24 @@ def test_one_round_is_flagged():
 def test_load_counts_for_wall_clock_only():
     assert assess(_report([0.78, 0.82], load=6.0, clock="time.perf_counter (wall), torch.set_num_threads(1)"))["noisy"]
     assert not assess(_report([0.78, 0.82], load=6.0))["noisy"]
+
+
+def _decode_report(cmp_quartiles, vs_vanilla_quartiles=(0.95, 0.97)):
+    rows = [{"method": "vanilla", "label": "vanilla", "batch": 1, "ratio_to_vanilla": 1.0,
+             "ratio_to_vanilla_p25_p75": [1.0, 1.0], "compiled_over_eager": None, "compiled_over_eager_p25_p75": None},
+            {"method": "vanilla", "label": "vanilla [compiled]", "batch": 1, "ratio_to_vanilla": 1.0,
+             "ratio_to_vanilla_p25_p75": [1.0, 1.0], "compiled_over_eager": 0.9,
+             "compiled_over_eager_p25_p75": list(cmp_quartiles)},
+            {"method": "lf", "label": "lf [compiled]", "batch": 1, "ratio_to_vanilla": 0.96,
+             "ratio_to_vanilla_p25_p75": list(vs_vanilla_quartiles), "compiled_over_eager": 0.9,
+             "compiled_over_eager_p25_p75": [0.89, 0.91]}]
+    return {"settings": {"repeats": 10}, "results": rows, "machine": {"cpu_count": 2},
+            "load": {"before": [0.5, 0, 0], "after": [0.5, 0, 0]}, "timing_method": "time.process_time"}
+
+
+def test_decode_bench_ratios_are_judged_too():
+    assert not assess(_decode_report([0.88, 0.92]))["noisy"]
+    verdict = assess(_decode_report([0.7, 1.1]))  # vanilla's own compiled/eager ratio counts
+    assert verdict["noisy"] and "vanilla [compiled] compiled/eager" in verdict["reasons"][0]
+    verdict = assess(_decode_report([0.88, 0.92], vs_vanilla_quartiles=(0.7, 1.2)))
+    assert verdict["noisy"] and "lf [compiled] decode" in verdict["reasons"][0]

@@ -264,6 +264,7 @@ def _run_flops_all(args: argparse.Namespace) -> int:
 def run_decode(args: argparse.Namespace) -> int:
     from dpvr.cli import UserError
     from dpvr.efficiency.decode import DecodeSettings, format_decode_table, measure_decode
+    from dpvr.efficiency.noise import assess
     from dpvr.efficiency.report import write_json_atomic
 
     device, dtype = _device_and_dtype(args)
@@ -283,6 +284,10 @@ def run_decode(args: argparse.Namespace) -> int:
     print(format_decode_table(report))
     print("ms/token and tokens/s: medians over rounds (IQR = p75 - p25 of ms/token); ratio: paired median against "
           "vanilla with the same compile setting; cmp/eager: compiled over eager, paired.")
+    report["noise"] = assess(report)
+    if report["noise"]["noisy"]:
+        print("WARNING: decode ratios too noisy to read: " + "; ".join(report["noise"]["reasons"])
+              + ". Rerun on an idle machine (or with --clock process --threads 1 on a shared one).")
     print(f"wrote {write_json_atomic(Path(args.out) / 'latency-decode.json', report)}")
     return 0
 

@@ -20,9 +20,10 @@ How it measures:
   round each entry runs once, in an order that rotates from round to round (interleaved);
 * timing: CUDA events on a GPU; on CPU ``perf_counter`` or the process's CPU time (``clock``);
 * reported per entry: seconds per token (median, quartiles, min, max, n; ``iqr`` = p75 - p25),
-  tokens/s (batch / seconds per token, same statistics), and the ratio to vanilla of the same
-  compile setting paired within rounds, next to the analytic decode ratio of
-  :mod:`dpvr.efficiency.flops`.
+  tokens/s (batch / seconds per token, same statistics), the ratio to vanilla of the same
+  compile setting and (compiled entries) the ratio to the method's eager twin, each paired within
+  rounds with its quartiles, next to the analytic decode ratio of :mod:`dpvr.efficiency.flops`;
+  the machine's load averages before and after (``dpvr.efficiency.noise`` judges the spread).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
-from dpvr.efficiency.latency import (bench_setup, CLOCKS, DTYPES, Timer, build_random_model, make_inputs,
-                                     summarise, timing_method)
+from dpvr.efficiency.latency import (bench_setup, CLOCKS, DTYPES, Timer, build_random_model, load_average,
+                                     make_inputs, summarise, timing_method)
 from dpvr.efficiency.methods import make_methods
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import shape_name
@@ -152,6 +153,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     total = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats) * len(entries)
     bar = tqdm(total=total, desc="bench decode", unit="run", disable=not progress)
     timer = Timer(device, s.clock)
+    load_before = load_average()
     with torch.inference_mode():
         for batch in s.batch_sizes:
             for t in s.text_tokens:
@@ -182,6 +184,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
         "timing_method": timing_method(device, s.clock),
         "cache": "DPVRStaticCache (per-layer preallocated), rewound to the prompt after every round",
         "results": results,
+        "load": {"before": load_before, "after": load_average()},  # 1, 5, 15-minute load averages
     }
 
 
@@ -192,9 +195,9 @@ def _rows(entries, per_token, analytic, batch, t, prompt_tokens) -> list[dict]:
         ref = next(x for x in entries if x.method.name == "vanilla" and (x.compiled_fn is not None) == compiled)
         paired = [a / b for a, b in zip(per_token[e.label], per_token[ref.label]) if b > 0]
         eager_twin = next((x for x in entries if x.method.label == e.method.label and x.compiled_fn is None), None)
-        vs_eager = None
+        vs_eager = []  # compiled over eager, paired within rounds
         if compiled and eager_twin is not None:
-            vs_eager = statistics.median(a / b for a, b in zip(per_token[e.label], per_token[eager_twin.label]))
+            vs_eager = [a / b for a, b in zip(per_token[e.label], per_token[eager_twin.label]) if b > 0]
         a = analytic.get(e.method.label, {})
         rows.append({
             "method": e.method.name,
@@ -208,7 +211,9 @@ def _rows(entries, per_token, analytic, batch, t, prompt_tokens) -> list[dict]:
             "ratio_to_vanilla": statistics.median(paired) if paired else None,
             "ratio_to_vanilla_p25_p75": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))]
             if paired else None,
-            "compiled_over_eager": vs_eager,
+            "compiled_over_eager": statistics.median(vs_eager) if vs_eager else None,
+            "compiled_over_eager_p25_p75": [float(np.percentile(vs_eager, 25)), float(np.percentile(vs_eager, 75))]
+            if vs_eager else None,
             "analytic_decode_ratio": a.get("decode_per_token_ratio"),
         })
     return rows
@@ -217,19 +222,24 @@ def _rows(entries, per_token, analytic, batch, t, prompt_tokens) -> list[dict]:
 def format_decode_table(report: dict) -> str:
     """A plain-text table of a :func:`measure_decode` report."""
     head = (f"{'batch':>5} {'text':>5} {'method':<24} {'ms/token':>9} {'IQR':>7} {'tokens/s':>9} {'ratio':>6} "
-            f"{'p25-p75':>11} {'analytic':>8} {'cmp/eager':>9}")
+            f"{'p25-p75':>11} {'analytic':>8} {'cmp/eager':>9} {'p25-p75':>11}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         sp, iqr = r["s_per_token"], r["ratio_to_vanilla_p25_p75"]
         lines.append(
             f"{r['batch']:>5} {r['text_tokens']:>5} {r['label']:<24} {sp['median'] * 1e3:>9.3f} {sp['iqr'] * 1e3:>7.3f} "
             f"{r['tokens_per_s']['median']:>9.1f} {r['ratio_to_vanilla']:>6.3f} "
-            f"{iqr[0]:>5.3f}-{iqr[1]:<5.3f} {_f(r['analytic_decode_ratio']):>8} {_f(r['compiled_over_eager']):>9}")
+            f"{iqr[0]:>5.3f}-{iqr[1]:<5.3f} {_f(r['analytic_decode_ratio']):>8} {_f(r['compiled_over_eager']):>9} "
+            f"{_range(r.get('compiled_over_eager_p25_p75')):>11}")
     return "\n".join(lines)
 
 
 def _f(x) -> str:
     return "" if x is None else f"{x:.3f}"
+
+
+def _range(q) -> str:
+    return "" if not q else f"{q[0]:.3f}-{q[1]:.3f}"
 
 
 def _system(s) -> int:

@@ -318,7 +318,7 @@ def measure_latency(
     active = [m for m in methods if m.label in runners]
 
     results = []
-    load_before = _load_average()
+    load_before = load_average()
     rounds = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats + int(s.measure_memory)) * len(active)
     bar = tqdm(total=rounds, desc="bench latency", unit="run", disable=not progress)
     for batch in s.batch_sizes:
@@ -350,11 +350,11 @@ def measure_latency(
         "timing_method": timing_method(device, s.clock),
         "memory_method": memory_method(device),
         "results": results,
-        "load": {"before": load_before, "after": _load_average()},  # 1, 5, 15-minute load averages
+        "load": {"before": load_before, "after": load_average()},  # 1, 5, 15-minute load averages
     }
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):  # pragma: no cover - not on every platform

@@ -3,8 +3,9 @@
     from dpvr.efficiency.noise import assess
     verdict = assess(latency_report)      # {"noisy": bool, "reasons": [...], "rows": [...]}
 
-Every ratio of `dpvr.efficiency.latency.measure_latency` is the median of paired per-round ratios
-(each method against vanilla in the same round) with its quartiles. A ratio is flagged when:
+Every ratio of `dpvr.efficiency.latency.measure_latency` and `dpvr.efficiency.decode.measure_decode` is
+the median of paired per-round ratios (each method against vanilla in the same round; a compiled decode
+step against its eager twin) with its quartiles. A ratio is flagged when:
 
 - its interquartile range is wider than `MAX_RELATIVE_IQR` of the median (the rounds disagree:
   another process took the CPU in some of them, or the work is too short to time);
@@ -31,10 +32,10 @@ def assess(report: dict) -> dict:
     repeats = settings.get("repeats")
     rows, reasons = [], []
     for r in report.get("results", []):
-        ratios = r.get("ratios") or {}
-        for kind in ("prefill", "decode"):
-            spread = relative_iqr(ratios.get(kind), ratios.get(f"{kind}_p25_p75"))
-            if spread is not None and spread > MAX_RELATIVE_IQR and r.get("label") != "vanilla":
+        for kind, median, quartiles in _ratios(r):
+            spread = relative_iqr(median, quartiles)
+            vanilla_itself = kind != "compiled/eager" and r.get("method", r.get("label")) == "vanilla"
+            if spread is not None and spread > MAX_RELATIVE_IQR and not vanilla_itself:
                 rows.append({"label": r.get("label"), "batch": r.get("batch"), "kind": kind, "relative_iqr": spread})
     if rows:
         worst = max(rows, key=lambda x: x["relative_iqr"])
@@ -52,3 +53,13 @@ def assess(report: dict) -> dict:
                        "(other processes competed for the cores)")
     return {"noisy": bool(reasons), "reasons": reasons, "rows": rows, "load_average": peak or None,
             "max_relative_iqr": MAX_RELATIVE_IQR}
+
+
+def _ratios(row: dict):
+    """(kind, median, [p25, p75]) of every ratio in a result row: a latency row's prefill/decode ratios, or a
+    decode-bench row's ratio to vanilla and, for a compiled entry, its ratio to the eager twin."""
+    ratios = row.get("ratios") or {}
+    for kind in ("prefill", "decode"):
+        yield kind, ratios.get(kind), ratios.get(f"{kind}_p25_p75")
+    yield "decode", row.get("ratio_to_vanilla"), row.get("ratio_to_vanilla_p25_p75")
+    yield "compiled/eager", row.get("compiled_over_eager"), row.get("compiled_over_eager_p25_p75")

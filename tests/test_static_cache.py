@@ -104,6 +104,24 @@ def test_compiled_decode_equals_eager_token_for_token(variant):
     assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_inductor_compiled_decode_equals_eager_on_cpu():
+    """The code the CPU bench times: inductor's default mode (generated C++ kernels), not only dynamo's trace."""
+    torch._dynamo.reset()
+    base = make_tiny_llava(num_layers=2)
+    model = wrap(base, "lf", split=1)
+    seqs, pix = cases(base)["padded"]
+    eager = greedy(model, seqs, pix, new_tokens=3, dpvr_static_cache=True)
+    model.compile_decode(fullgraph=True)
+    try:
+        compiled = greedy(model, seqs, pix, new_tokens=3, dpvr_static_cache=True)
+    finally:
+        model.compile_decode(backend=None)
+        torch._dynamo.reset()
+    assert torch.equal(compiled.sequences, eager.sequences)
+    assert_close(torch.stack(compiled.logits), torch.stack(eager.logits), rtol=1e-4, atol=1e-5)
+
+
 def test_flash_attention_2_without_the_package_is_one_clear_error():
     if __import__("importlib").util.find_spec("flash_attn") is not None:
         pytest.skip("flash_attn is installed here: see test_flash_attention_2_matches_sdpa")

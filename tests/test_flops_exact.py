@@ -129,6 +129,7 @@ def test_shape_dims_from_configs():
     assert gemma.family == "gemma3" and gemma.name == "gemma-3-4b" and gemma.windows[5] == 0 and gemma.windows[0] > 0
     qwen = load_shape_config("qwen2.5-vl-7b")
     assert ShapeDims.from_config(qwen).family == "qwen2_5_vl"
+    assert ShapeDims.from_config(qwen).windows == ()  # every layer "full_attention": no windows, not (0, 0, ...)
     from dpvr.efficiency.vision import vision_flops
 
     assert ShapeDims.from_config(qwen).vision_per_image == vision_flops(qwen, prompt_layout(qwen)) > 0

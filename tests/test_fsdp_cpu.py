@@ -9,6 +9,7 @@ so the mean of the two processes' mean losses (FSDP averages the gradients) is t
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import torch
@@ -53,7 +54,8 @@ def _worker(rank: int, folder: str) -> None:
     from torch.distributed.tensor import DTensor, Shard
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))  # a lost peer fails the test, never hangs it
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
         model = _model()

@@ -11,7 +11,9 @@ Not covered here: DDP trains to the one-process adapter (tests/test_train.py). F
 with accelerate 1.15: its plugin needs a device for ``fsdp_sync_module_states`` ("There are currently no
 available devices found, must be one of 'XPU', 'CUDA', ..."), and without that option accelerate's state
 keeps a CPU launch as MULTI_CPU, so the processes train under DDP, not FSDP (accelerate/state.py only
-switches GPU-type launches to FSDP): an FSDP run needs at least two CUDA devices.
+switches GPU-type launches to FSDP): an FSDP run through accelerate needs at least two CUDA devices, so
+``dpvr train`` refuses that launch on a CPU-only machine in one line (below). torch's own FSDP2 does shard
+dpvr's side branch over 2 CPU processes and trains the 1-process adapter (tests/test_fsdp_cpu.py).
 """
 
 from __future__ import annotations
@@ -107,3 +109,34 @@ def test_a_misspelt_key_is_refused_by_accelerate(tmp_path):
     bad.write_text((CONFIGS / "deepspeed_zero2.yaml").read_text().replace("num_machines", "num_machine"))
     with pytest.raises(ValueError, match="num_machine"):
         launch_env(bad)
+
+
+def test_fsdp_launch_without_a_gpu_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    """`accelerate launch --config_file fsdp.yaml -m dpvr train` on a CPU-only machine: each process gets
+    the environment below and stops before any work with one line naming the way out (ddp.yaml)."""
+    import torch
+
+    from dpvr.cli import main
+
+    _, env = launch_env(CONFIGS / "fsdp.yaml")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    out = tmp_path / "never"
+    rc = main(["train", "--out", str(out), "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 2 and "Traceback" not in "\n".join(err)
+    assert err[0].startswith("dpvr train: error: FSDP through accelerate needs GPUs") and "ddp.yaml" in err[0]
+    assert not out.exists()
+
+
+def test_the_launch_check_refuses_fsdp_only_without_an_accelerator():
+    from dpvr.train.launch import check_launch
+
+    for value in ("true", "1", "True"):
+        with pytest.raises(ValueError, match="FSDP through accelerate needs GPUs"):
+            check_launch({"ACCELERATE_USE_FSDP": value}, has_accelerator=False)
+    check_launch({"ACCELERATE_USE_FSDP": "true"}, has_accelerator=True)  # GPUs: accelerate's FSDP runs
+    check_launch({"ACCELERATE_USE_FSDP": "false"}, has_accelerator=False)
+    check_launch({"ACCELERATE_USE_DEEPSPEED": "true"}, has_accelerator=False)  # not this check's concern
+    check_launch({}, has_accelerator=False)  # a plain or DDP launch

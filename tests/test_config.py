@@ -113,3 +113,74 @@ def test_resolved_plans_exactly_and_at_the_boundaries():
 def test_json_is_indented_and_sorted():
     text = DPVRConfig(variant="lf", split=3).to_json()
     assert text.splitlines()[:3] == ["{", '  "fastv_k": null,', '  "fastv_ratio": null,']
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [  # each a value one mutation-testing survivor (docs/results/mutation/config.md) let through
+        (dict(variant="lf", split=True), r"split must be an integer layer index, got True"),
+        (dict(variant="lf", split="3"), r"split must be an integer layer index, got '3'"),
+        (dict(variant="vtw"), r"variant 'vtw' needs its withdrawal layer: pass split=K"),
+        (dict(variant="fastv", split=3), r"variant 'fastv' has no split \(got split=3\).*with split and fastv_k"),
+        (dict(variant="lf", split=3, route="text"), r"unknown route 'text': choose one of all, image, video"),
+        (dict(variant="fastest"), r"choose one of vanilla, lf, pc, kv, ideal, fastv, vtw$"),
+        (dict(variant="lf", split=3, side_init="zeros"), r"choose one of copy, random$"),
+        (dict(variant="lf", split=3, fusion_layers=[]), r"fusion_layers must be a non-empty list.*got \[\]"),
+        (dict(variant="lf", split=3, fusion_layers=["5"]), r"fusion_layers must be a non-empty list.*got \['5'\]"),
+        (dict(variant="lf", split=3, num_fusion_layers=0), r"num_fusion_layers must be an integer >= 1, got 0"),
+        (dict(variant="lf", split=3, num_fusion_layers="2"), r"num_fusion_layers must be an integer >= 1, got '2'"),
+        (dict(variant="vtw", split=3, fastv_k=2), r"do not apply to variant 'vtw'.*compose FastV with DPVR routing\)"),
+        (dict(variant="fastv", fastv_k=0), r"fastv_k must be an integer layer index >= 1 .*got 0"),
+        (dict(variant="fastv", fastv_k=True), r"fastv_k must be an integer layer index >= 1 .*got True"),
+        (dict(variant="fastv", fastv_ratio=1.5), r"fastv_ratio must be a number in \[0, 1\] .*got 1\.5"),
+        (dict(variant="fastv", fastv_ratio=True), r"fastv_ratio must be a number in \[0, 1\] .*got True"),
+        (dict(variant="fastv", fastv_ratio="0.5"), r"fastv_ratio must be a number in \[0, 1\] .*got '0\.5'"),
+    ],
+)
+def test_every_field_check_with_its_message(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DPVRConfig(**kwargs)
+
+
+@pytest.mark.parametrize("variant, schedule", [
+    ("vanilla", "nothing is routed"), ("pc", "every deep layer fuses"), ("kv", "every deep layer reads image keys/values"),
+    ("ideal", "no layer fuses"), ("fastv", "it prunes image tokens, nothing fuses"),
+    ("vtw", "image tokens are withdrawn, nothing fuses"),
+])
+def test_fusion_settings_on_another_variant_name_its_schedule(variant, schedule):
+    split = 3 if variant in ("pc", "kv", "ideal", "vtw") else None
+    with pytest.raises(ValueError, match=rf"variant '{variant}' has none \({schedule}\): drop fusion_layers"):
+        DPVRConfig(variant=variant, split=split, num_fusion_layers=1)
+
+
+def test_fastv_defaults_edges_and_composition():
+    from dpvr.config import FASTV_DEFAULT_K, FASTV_DEFAULT_RATIO, ResolvedPlan
+
+    lf = DPVRConfig(variant="lf", split=3)
+    assert lf.fastv_k is None and lf.fastv_ratio is None and not lf.prunes  # no FastV unless asked for
+    fastv = DPVRConfig(variant="fastv")
+    assert (fastv.fastv_k, fastv.fastv_ratio) == (FASTV_DEFAULT_K, FASTV_DEFAULT_RATIO) == (2, 0.5)
+    assert fastv.resolve(8) == ResolvedPlan(8, 8, ["full"] * 8, [], 0, 2, 0.5)
+    for ratio in (0, 0.0, 1, 1.0):  # both ends of [0, 1] are allowed, stored as a float
+        assert DPVRConfig(variant="fastv", fastv_ratio=ratio).fastv_ratio == float(ratio)
+    assert DPVRConfig(variant="fastv", fastv_k=1).resolve(8).prune_layer == 1  # k = 1: ranks at layer 0
+    assert DPVRConfig(variant="lf", split=3, fastv_k=3).resolve(8).prune_layer == 3  # k = split is allowed
+    with pytest.raises(ValueError, match=r"fastv_k=4 is after split=3: .*so use fastv_k <= 3"):
+        DPVRConfig(variant="lf", split=3, fastv_k=4).resolve(8)
+
+
+def test_deepstack_minimum_split():
+    """``min_split`` (Qwen3-VL's deepstack layers): split and fastv_k must come at or after it."""
+    assert DPVRConfig(variant="lf", split=2).resolve(8, min_split=2).split == 2
+    assert DPVRConfig(variant="fastv", fastv_k=3).resolve(8, min_split=3).prune_layer == 3
+    with pytest.raises(ValueError, match=r"^split=1 lies in layers 0\.\.1, where qwen3 adds visual features "
+                                         r"\(deepstack\); use split in 2\.\.7$"):
+        DPVRConfig(variant="lf", split=1).resolve(8, min_split=2, family="qwen3")
+    with pytest.raises(ValueError, match=r"^fastv_k=2 lies in layers 0\.\.2, where this model adds"):
+        DPVRConfig(variant="fastv", fastv_k=2).resolve(8, min_split=3)
+
+
+def test_layers_with_mode():
+    plan = DPVRConfig(variant="lf", split=5).resolve(8)
+    assert plan.layers_with_mode("text") == [5, 6] and plan.layers_with_mode("fuse") == [7]
+    assert plan.layers_with_mode("full") == [0, 1, 2, 3, 4] and plan.layers_with_mode("kv") == []

@@ -38,6 +38,7 @@ from dpvr.train import checkpoints as ckpt
 from dpvr.train.args import TrainArgs
 from dpvr.train.data import DataCollator, LlavaConversationDataset, load_records, num_image_tokens
 from dpvr.train.family_data import ProcessorConversationDataset
+from dpvr.train.launch import check_launch
 from dpvr.train.progress import use_progress
 from dpvr.train.teacher_cache import INDEX_KEY
 
@@ -286,6 +287,7 @@ def train(args: TrainArgs) -> dict:
     one unit at the end, so a kill leaves the previous run's outputs (and the checkpoints) intact.
     """
     out = Path(args.out)
+    check_launch()  # before the lock and any work: FSDP without a GPU is refused in one line
     if int(os.environ.get("RANK", "0")) != 0:  # the other processes of one multi-process run share rank 0's lock
         check_out(out)
         return _train(args, out)

@@ -69,8 +69,9 @@ def test_benchmark_records_have_the_fields(data):
             if fam == "mc":
                 assert len(r["options"]) == 4 and r["answer"] in "ABCD"
                 assert r["question"].endswith("Answer with the option's letter from the given choices directly.")
-            elif fam == "pope":
-                assert r["answer"] in ("Yes", "No") and r["question"].endswith("Answer with yes or no.")
+            elif fam == "pope":  # lmms-eval's POPE task: the question + LLaVA-1.5's short-answer suffix
+                assert r["answer"] in ("Yes", "No")
+                assert r["question"].endswith("?\nAnswer the question using a single word or phrase.")
             elif fam == "spatial":  # GQA-style: both answers named in the question
                 assert r["answer"] in ("left", "right", "above", "below") and r["answer"] in r["question"]
                 assert r["question"].endswith("Answer the question using a single word or phrase.")
@@ -224,7 +225,8 @@ def test_focus_records_are_single_questions_of_the_families(data):
     for r in pope:
         human, gpt = r["conversations"]
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
-        assert family_of_question(human["value"]) == "pope" and gpt["value"] in ("Yes", "No")
+        # a yes/no answer, or its sentence for a free-form question
+        assert family_of_question(human["value"]) == "pope" and gpt["value"].split(",")[0] in ("Yes", "No")
         src = by_id[r["id"].rsplit("-", 1)[0]]
         assert r["image"] == src["image"] and gpt in src["conversations"]
     from dpvr.data.questions import mc_kind
@@ -277,3 +279,56 @@ def test_no_digit_bitmap_is_shared_between_train_and_test(tmp_path, monkeypatch)
     assert set(used["train"]) <= set(train) and set(used["test"]) <= set(test)
     train_bitmaps = {images[i].tobytes() for i in used["train"]}
     assert not any(images[i].tobytes() in train_bitmaps for i in used["test"])
+
+
+def test_training_mixes_llava_dpvr_mme_and_free_form_wordings():
+    """Generator 6: yes/no turns come in dpvr's, LLaVA-1.5's, MME's and free-form wording, short-answer turns
+    with LLaVA's suffix or free-form (answered by a sentence); each is read back as its family, and the
+    record's content (images, which questions) does not depend on the wording drawn."""
+    from dpvr.data import questions as Q
+    from dpvr.data.generate import DataConfig, _train_record
+    from dpvr.data.scenes import digit_split
+
+    pool = digit_split("train")
+    ends = Counter()
+    for i in range(600):
+        rec, _, _, _ = _train_record(DataConfig(seed=1), i, pool)
+        conv = rec["conversations"]
+        for q, a in zip(conv[::2], conv[1::2]):
+            fam, text, ans = Q.family_of_question(q["value"]), q["value"].replace("<image>\n", ""), a["value"]
+            if fam in ("pope", "count", "color", "spatial", "digit", "digit_color"):
+                stem = Q.stem(text)
+                assert stem.endswith("?") and "\n" not in stem, text
+            if fam == "pope":
+                kind = ("dpvr" if text.endswith(Q.YESNO) else "llava" if text.endswith(Q.SHORT)
+                        else "mme" if text.endswith(" " + Q.MME_YESNO) else "free")
+                ends[kind] += 1
+                assert (ans in ("Yes", "No")) == (kind != "free"), (text, ans)
+                if kind == "free":
+                    assert ans.startswith(("Yes, there is ", "No, there is no ")), ans
+            elif fam == "count":
+                ends["count free" if text == Q.stem(text) else "count short"] += 1
+    n = sum(ends[k] for k in ("dpvr", "llava", "mme", "free"))
+    assert n > 300
+    for kind, share in (("dpvr", 0.35), ("llava", 0.35), ("mme", 0.15), ("free", 0.15)):
+        assert abs(ends[kind] / n - share) < 0.07, (kind, ends)
+    assert 0.05 < ends["count free"] / (ends["count free"] + ends["count short"]) < 0.3, ends
+
+
+def test_reword_and_test_wording(tmp_path):
+    from dpvr.data import generate_dataset
+    from dpvr.data import questions as Q
+
+    rec = {"question": "Is there a red circle in the image?\n" + Q.SHORT, "answer": "Yes"}
+    assert Q.reword(rec, "dpvr")["question"] == "Is there a red circle in the image?\n" + Q.YESNO
+    assert Q.reword(Q.reword(rec, "dpvr"), "llava") == rec
+    other = {"question": "How many objects are there in the image?\n" + Q.SHORT, "answer": "2"}
+    assert Q.reword(other, "dpvr") is other
+    with pytest.raises(ValueError, match="unknown wording"):
+        Q.reword(rec, "mme")
+    generate_dataset(tmp_path / "d", seed=4, num_train=2, num_test_per_family=6, test_wording="dpvr", progress=False)
+    generate_dataset(tmp_path / "l", seed=4, num_train=2, num_test_per_family=6, progress=False)
+    for fam in FAMILIES:
+        d, l = load_benchmark(tmp_path / "d", fam), load_benchmark(tmp_path / "l", fam)
+        assert [Q.reword(r, "llava") for r in d] == l and [r["image"] for r in d] == [r["image"] for r in l]
+        assert all(r["question"].endswith(Q.YESNO) for r in d) == (fam == "pope")

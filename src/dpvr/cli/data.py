@@ -20,6 +20,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed; same seed -> byte-identical files")
     g.add_argument("--num-train", type=int, default=20000, help="training conversation records")
     g.add_argument("--num-test-per-family", type=int, default=300, help="benchmark items per family")
+    g.add_argument("--test-wording", default="llava", metavar="{llava,dpvr}",
+                   help="benchmark questions' format instructions: llava (the stock lmms-eval tasks' suffixes, "
+                        "default) or dpvr (yes/no questions end in 'Answer with yes or no.')")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     hidden_alias(g, "--no-progress", "quiet", action="store_true")
@@ -34,8 +37,8 @@ def _generate(args) -> int:
     try:
         m = generate_dataset(args.out, seed=args.seed, num_train=args.num_train,
                              num_test_per_family=args.num_test_per_family, overwrite=args.overwrite,
-                             progress=not args.quiet)
-    except FileExistsError as err:
+                             progress=not args.quiet, test_wording=args.test_wording)
+    except (FileExistsError, ValueError) as err:
         raise UserError(str(err)) from None
     c = m["counts"]
     print(f"wrote {args.out}: {c['train_total']} training records ({len(m['files'])} files), "

@@ -34,7 +34,7 @@ from dpvr.data import questions as Q
 from dpvr.data.scenes import (BACKGROUNDS, COLORS, digit_split, digit_twin, render_digit, render_scene, sample_digit,
                               sample_scene, scene_twin)
 
-GENERATOR_VERSION = "5"
+GENERATOR_VERSION = "6"
 IMAGE_TOKEN = "<image>"
 
 
@@ -55,6 +55,8 @@ class DataConfig:
     #: benchmark does (version 4 asked relations only in passing, mostly in 3- and 4-object
     #: scenes, and the tiny model stayed at chance on the two-object benchmark)
     spatial_pair_fraction: float = 0.45
+    #: the benchmark files' wording (``questions.WORDINGS``): ``llava`` = the stock lmms-eval tasks' suffixes
+    test_wording: str = "llava"
 
     def __post_init__(self):
         if self.num_train < 1:
@@ -71,6 +73,8 @@ class DataConfig:
             raise ValueError("text_only_fraction + digit_fraction must be <= 1")
         if self.max_turns < 2:
             raise ValueError(f"max_turns must be >= 2, got {self.max_turns}")
+        if self.test_wording not in Q.WORDINGS:
+            raise ValueError(f"test_wording must be one of {', '.join(Q.WORDINGS)}, got {self.test_wording!r}")
 
 
 def _png_bytes(img) -> bytes:
@@ -88,9 +92,12 @@ def _rng(seed: int, *parts) -> random.Random:
     return random.Random("/".join(str(p) for p in (seed, *parts)))
 
 
-def _turns(qas: list[Q.QA], with_image: bool) -> list[dict]:
+def _turns(qas: list[Q.QA], with_image: bool, style: random.Random | None = None) -> list[dict]:
+    """LLaVA turns; with ``style`` (its own random stream, so the content of a record does not
+    depend on it), each question in one of the training wordings (:func:`questions.restyle`)."""
     conv = []
     for k, qa in enumerate(qas):
+        qa = Q.restyle(style, qa) if style is not None else qa
         text = f"{IMAGE_TOKEN}\n{qa.question}" if (k == 0 and with_image) else qa.question
         conv += [{"from": "human", "value": text}, {"from": "gpt", "value": qa.answer}]
     return conv
@@ -124,6 +131,7 @@ def _scene_questions(rng: random.Random, scene, k: int) -> list[Q.QA]:
 def _train_record(cfg: DataConfig, i: int, digit_pool: list[int]):
     """One training record and its image (or None for text-only)."""
     rng = _rng(cfg.seed, "train", i)
+    style = _rng(cfg.seed, "style", i)
     rid = f"train-{i:06d}"
     multi = rng.random() < cfg.multi_turn_fraction
     k = rng.randint(2, cfg.max_turns) if multi else 1
@@ -132,7 +140,7 @@ def _train_record(cfg: DataConfig, i: int, digit_pool: list[int]):
     r = cfg.text_only_fraction + rng.random() * (1 - cfg.text_only_fraction)
     if every and (i + 1) % every == 0:
         qas = [Q.text_only(rng) for _ in range(min(k, 2))]
-        return {"id": rid, "conversations": _turns(qas, with_image=False)}, None, "text", None
+        return {"id": rid, "conversations": _turns(qas, False, style)}, None, "text", None
     bg = rng.choice(BACKGROUNDS)
     if r < cfg.text_only_fraction + cfg.digit_fraction:
         color = rng.choice(list(COLORS))
@@ -145,12 +153,12 @@ def _train_record(cfg: DataConfig, i: int, digit_pool: list[int]):
             qas = [Q.ask_digit(label)] + ([Q.ask_digit_color(color)] if multi else [])
             rng.shuffle(qas)
             kind = "digit"
-        return {"id": rid, "conversations": _turns(qas, True)}, img, kind, (digit, bg)
+        return {"id": rid, "conversations": _turns(qas, True, style)}, img, kind, (digit, bg)
     if rng.random() < cfg.spatial_pair_fraction:
         scene, qa = Q.sample_spatial(rng, first=rng.random() < 0.5)
         more = _scene_questions(rng, scene, k - 1) if multi else []
         qas = [qa] + [q for q in more if q.question != qa.question]
-        return {"id": rid, "conversations": _turns(qas, True)}, render_scene(scene, bg), "spatial_pair", (scene, bg)
+        return {"id": rid, "conversations": _turns(qas, True, style)}, render_scene(scene, bg), "spatial_pair", (scene, bg)
     scene = sample_scene(rng, rng.randint(1, Q.MAX_OBJECTS))
     img = render_scene(scene, bg)
     if rng.random() < cfg.caption_fraction:
@@ -161,7 +169,7 @@ def _train_record(cfg: DataConfig, i: int, digit_pool: list[int]):
     else:
         qas = _scene_questions(rng, scene, k)
         kind = "multi_turn" if len(qas) > 1 else "single_turn"
-    return {"id": rid, "conversations": _turns(qas, True)}, img, kind, (scene, bg)
+    return {"id": rid, "conversations": _turns(qas, True, style)}, img, kind, (scene, bg)
 
 
 def _describe(content, bg) -> dict:
@@ -266,8 +274,8 @@ def _write_tree(cfg: DataConfig, root: Path, progress: bool) -> dict:
             seen.add(h)
             rel = f"images/test/{fam}/{j:06d}.png"
             put(rel, data)
-            rec = {"id": f"{fam}-{j:06d}", "image": rel, "question": qa.question, "answer": qa.answer,
-                   "family": fam, "category": qa.category}
+            rec = Q.reword({"id": f"{fam}-{j:06d}", "image": rel, "question": qa.question, "answer": qa.answer,
+                            "family": fam, "category": qa.category}, cfg.test_wording)
             if qa.options is not None:
                 rec["options"] = qa.options
             lines.append(json.dumps(rec, ensure_ascii=False))

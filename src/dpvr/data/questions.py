@@ -1,21 +1,34 @@
-"""Question families asked about the generated images, in LLaVA-1.5's short-answer style.
+"""Question families asked about the generated images, in LLaVA-1.5's instruction formats.
 
 Each ``ask_<family>(rng, scene)`` returns a :class:`QA` about a given shape scene (or ``None``
 when the scene does not support that question), so that one scene can carry several questions
 in a multi-turn training conversation. ``sample_<family>`` draws a scene suited to the family
 and a question about it; the benchmark uses those to control the answer balance.
+
+A question is a *stem* ("Is there a red circle in the image?") plus a format instruction. The
+benchmarks use the instructions of the stock lmms-eval tasks they resemble (LLaVA-1.5's: ``SHORT``
+for short answers and POPE, ``LETTER`` for multiple choice); training conversations mix those with
+dpvr's own ``YESNO``, MME's inline ``MME_YESNO`` and free-form questions answered by a sentence
+(:func:`restyle`), so a model answers the formats people actually prompt with. :func:`reword` turns a
+benchmark record into another wording (``dpvr``: yes/no questions end in ``YESNO``, as generator
+version 5 wrote them).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dpvr.data.scenes import COLORS, OBJECTS, SHAPES, Shape, object_name, popular_objects, sample_scene
 
 YESNO = "Answer with yes or no."
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
+MME_YESNO = "Please answer yes or no."  # MME's, on the question's own line
+#: Benchmark wordings: ``llava`` (the stock lmms-eval tasks' suffixes) and ``dpvr`` (yes/no ends in YESNO).
+WORDINGS: tuple[str, ...] = ("llava", "dpvr")
+#: Instructions read back by :func:`stem`, longest first.
+_SUFFIXES = (LETTER, SHORT, YESNO, MME_YESNO)
 
 FAMILIES: tuple[str, ...] = ("pope", "mc", "count", "color", "spatial", "digit")
 POPE_CATEGORIES: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -33,6 +46,7 @@ class QA:
     family: str
     category: str
     options: list[str] | None = field(default=None)
+    sentence: str | None = field(default=None)  # the answer as a sentence (free-form wording)
 
 
 def _a(phrase: str) -> str:
@@ -75,8 +89,10 @@ def ask_pope(rng: random.Random, scene: list[Shape], category: str | None = None
     category = category or rng.choice(POPE_CATEGORIES)
     answer = rng.random() < 0.5 if answer is None else answer
     obj = rng.choice(scene).obj if answer else pope_negative(rng, scene, category)
-    q = f"Is there {_a(object_name(obj))} in the image?\n{YESNO}"
-    return QA(q, _yes_no(answer), "pope", category)
+    name = _a(object_name(obj))
+    q = f"Is there {name} in the image?\n{SHORT}"
+    sentence = f"Yes, there is {name} in the image." if answer else f"No, there is no {object_name(obj)} in the image."
+    return QA(q, _yes_no(answer), "pope", category, sentence=sentence)
 
 
 def sample_pope(rng: random.Random, category: str, answer: bool) -> tuple[list[Shape], QA]:
@@ -88,7 +104,9 @@ def sample_pope(rng: random.Random, category: str, answer: bool) -> tuple[list[S
 
 def ask_count(rng: random.Random, scene: list[Shape]) -> QA:
     q = f"How many objects are there in the image?\n{SHORT}"
-    return QA(q, str(len(scene)), "count", "objects")
+    n = len(scene)
+    sentence = "There is 1 object in the image." if n == 1 else f"There are {n} objects in the image."
+    return QA(q, str(n), "count", "objects", sentence=sentence)
 
 
 def sample_count(rng: random.Random, n: int) -> tuple[list[Shape], QA]:
@@ -112,7 +130,8 @@ def ask_color(rng: random.Random, scene: list[Shape], target: str | None = None)
     if not cands:
         return None
     s = rng.choice(cands)
-    return QA(f"What color is the {s.shape}?\n{SHORT}", s.color, "color", s.shape)
+    return QA(f"What color is the {s.shape}?\n{SHORT}", s.color, "color", s.shape,
+              sentence=f"The {s.shape} is {s.color}.")
 
 
 def _until(rng: random.Random, ask, num_objects=None) -> tuple[list[Shape], QA]:
@@ -172,7 +191,10 @@ def ask_spatial(rng: random.Random, scene: list[Shape], first: bool | None = Non
     a, b, axis, holds = rng.choice(cands)
     template, answers = SPATIAL_AXES[axis]
     q = template.format(a=object_name(a.obj), b=object_name(b.obj)) + f"\n{SHORT}"
-    return QA(q, answers[0] if holds else answers[1], "spatial", axis)
+    answer = answers[0] if holds else answers[1]
+    relation = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[answer]
+    sentence = f"The {object_name(a.obj)} is {relation} the {object_name(b.obj)}."
+    return QA(q, answer, "spatial", axis, sentence=sentence)
 
 
 def sample_spatial(rng: random.Random, first: bool) -> tuple[list[Shape], QA]:
@@ -219,11 +241,12 @@ def sample_mc(rng: random.Random, kind: str) -> tuple[list[Shape], QA]:
 # --------------------------------------------------------------------------- digits
 
 def ask_digit(label: int) -> QA:
-    return QA(f"What digit is written in the image?\n{SHORT}", str(label), "digit", str(label))
+    return QA(f"What digit is written in the image?\n{SHORT}", str(label), "digit", str(label),
+              sentence=f"The digit is {label}.")
 
 
 def ask_digit_color(color: str) -> QA:
-    return QA(f"What color is the digit?\n{SHORT}", color, "digit_color", color)
+    return QA(f"What color is the digit?\n{SHORT}", color, "digit_color", color, sentence=f"The digit is {color}.")
 
 
 # --------------------------------------------------------------------------- captions, text-only
@@ -254,20 +277,68 @@ def text_only(rng: random.Random) -> QA:
     kind = rng.randrange(3)
     if kind == 0:
         shape = rng.choice(("square", "triangle"))
-        return QA(f"How many corners does a {shape} have?\n{SHORT}", {"square": "4", "triangle": "3"}[shape],
-                  "text", "corners")
+        n = {"square": "4", "triangle": "3"}[shape]
+        return QA(f"How many corners does a {shape} have?\n{SHORT}", n, "text", "corners",
+                  sentence=f"A {shape} has {n} corners.")
     if kind == 1:
         word = rng.choice(list(COLORS) + list(SHAPES))
-        return QA(f"Is {word} a color?\n{YESNO}", _yes_no(word in COLORS), "text", "is_color")
+        is_color = word in COLORS
+        return QA(f"Is {word} a color?\n{YESNO}", _yes_no(is_color), "text", "is_color",
+                  sentence=f"Yes, {word} is a color." if is_color else f"No, {word} is not a color.")
     a, b = rng.randint(1, 4), rng.randint(0, 4)
-    return QA(f"What is {a} plus {b}?\n{SHORT}", str(a + b), "text", "sum")
+    return QA(f"What is {a} plus {b}?\n{SHORT}", str(a + b), "text", "sum", sentence=f"{a} plus {b} is {a + b}.")
 
 
 # --------------------------------------------------------------------------- reading questions back
 
+def stem(question: str) -> str:
+    """A user turn without the ``<image>`` placeholder and without its format instruction (any of
+    LLaVA-1.5's, MME's or dpvr's; multiple choice keeps its option lines)."""
+    q = question.replace("<image>", "").strip()
+    for suffix in _SUFFIXES:
+        if q.endswith(suffix):
+            return q[: -len(suffix)].rstrip()
+    return q
+
+
 def _stem(question: str) -> str:
-    """First line of a user turn, without the ``<image>`` placeholder."""
-    return question.replace("<image>", "").strip().split("\n", 1)[0]
+    """First line of a user turn's :func:`stem`."""
+    return stem(question).split("\n", 1)[0]
+
+
+def restyle(rng: random.Random, qa: QA) -> QA:
+    """``qa`` in one of the wordings training uses (same content; generator version 6).
+
+    Yes/no questions: dpvr's ``YESNO`` (35 %), LLaVA-1.5's short-answer ``SHORT`` as in lmms-eval's
+    POPE (35 %), MME's inline ``MME_YESNO`` (15 %), free-form (15 %: no instruction, answered by
+    the sentence). Other short-answer questions: ``SHORT`` (85 %) or free-form (15 %). Multiple
+    choice keeps ``LETTER`` and captions their prompts (both already in LLaVA's formats).
+    """
+    if qa.options is not None or qa.sentence is None:
+        return qa
+    base, r = stem(qa.question), rng.random()
+    if qa.answer in ("Yes", "No"):
+        if r < 0.35:
+            return replace(qa, question=f"{base}\n{YESNO}")
+        if r < 0.70:
+            return replace(qa, question=f"{base}\n{SHORT}")
+        if r < 0.85:
+            return replace(qa, question=f"{base} {MME_YESNO}")
+        return replace(qa, question=base, answer=qa.sentence)
+    if r < 0.15:
+        return replace(qa, question=base, answer=qa.sentence)
+    return replace(qa, question=f"{base}\n{SHORT}")
+
+
+def reword(record: dict, wording: str) -> dict:
+    """A benchmark record in ``wording`` (:data:`WORDINGS`): only yes/no questions differ —
+    ``llava`` ends them in ``SHORT`` (lmms-eval's POPE task), ``dpvr`` in ``YESNO``."""
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown wording {wording!r}; choose one of {', '.join(WORDINGS)}")
+    if str(record.get("answer")) not in ("Yes", "No") or record.get("options"):
+        return record
+    suffix = SHORT if wording == "llava" else YESNO
+    return dict(record, question=f"{stem(record['question'])}\n{suffix}")
 
 
 #: (start, middle) of each spatial template: "Is the " ... " to the left or to the right of the "

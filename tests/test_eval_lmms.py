@@ -173,3 +173,45 @@ def test_plugin_on_gemma3_gives_the_answers_of_dpvr_eval(gemma3, tmp_path, monke
             for p in (tmp_path / "ours" / "predictions").glob("*.jsonl") for line in p.read_text().splitlines()]
     theirs = [s["filtered_resps"][0] for s in sorted(got["samples"]["dpvr_pope"], key=lambda s: s["doc_id"])]
     assert len(ours) == 4 and theirs == ours
+
+
+def test_stock_pope_task_unchanged_but_for_the_data_location(tiny, tmp_path, monkeypatch):
+    """lmms-eval's own ``pope`` task (its YAML and utils.py) on a local copy of a generated POPE file,
+    through the plugin: the same answers and accuracy as ``dpvr eval`` on the same questions in that wording."""
+    import lmms_eval
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from dpvr.data.questions import SHORT, stem
+    from dpvr.lmms_eval_plugin.stock import stock_task
+
+    task_dir = stock_task("pope", tiny / "data", tmp_path / "stock")
+    stock = Path(lmms_eval.__file__).resolve().parent / "tasks" / "pope"
+    assert (task_dir / "utils.py").read_bytes() == (stock / "utils.py").read_bytes()
+    diff = [(a, b) for a, b in zip((stock / "pope.yaml").read_text().splitlines(),
+                                   (task_dir / "pope.yaml").read_text().splitlines()) if a != b]
+    assert len(diff) == 1 and diff[0][0].startswith("dataset_path:")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = TaskManager("WARNING", include_path=str(task_dir), include_defaults=False)
+    got = simple_evaluate(model="dpvr", model_args=f"pretrained={tiny / 'model'},method=vanilla", tasks=["pope"],
+                          batch_size=4, device="cpu", limit=6, gen_kwargs="max_new_tokens=2", task_manager=tasks,
+                          log_samples=True, verbosity="WARNING")
+    samples = sorted(got["samples"]["pope"], key=lambda s: s["doc_id"])
+    records = [json.loads(x) for x in (tiny / "data" / "pope.jsonl").read_text().splitlines()[:6]]
+    assert [s["doc"]["question"] for s in samples] == [stem(r["question"]) for r in records]
+    # the stock prompt is the question + LLaVA-1.5's short-answer suffix: what dpvr eval asks in the llava wording
+    from dpvr.data.questions import reword
+    from dpvr.evaluation.generation import Prompt, generate, user_turn
+    from dpvr.evaluation.loading import load_base
+
+    asked = [reword(r, "llava")["question"] for r in records]
+    assert all(q.endswith("\n" + SHORT) for q in asked)
+    model, processor, _ = load_base(str(tiny / "model"), device="cpu")
+    from PIL import Image
+
+    ours = generate(model, processor, [Prompt([user_turn(q)], [Image.open(tiny / "data" / r["image"]).convert("RGB")])
+                                       for q, r in zip(asked, records)], max_new_tokens=2)
+    assert [s["filtered_resps"][0] for s in samples] == [o.strip() for o in ours]
+    want = sum(o.strip().lower() == r["answer"].lower() for o, r in zip(ours, records)) / len(records)
+    assert got["results"]["pope"]["pope_accuracy,none"] == pytest.approx(want)

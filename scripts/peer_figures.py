@@ -160,7 +160,7 @@ def cmd_accuracy(args) -> dict:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     import dpvr
-    from dpvr.tiny.evaluate import evaluate
+    from dpvr.evaluation import accuracy_report
 
     base = LlavaForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(args.model)
@@ -175,7 +175,7 @@ def cmd_accuracy(args) -> dict:
                 model.side_branch.load_state_dict(trained.side_branch.state_dict())
             else:
                 label += " (untrained side branch)"
-        report = evaluate(model, processor, args.data, limit=args.limit, progress=False)
+        report = accuracy_report(model, processor, args.data, limit=args.limit, progress=False)
         mean = sum(r["accuracy"] for r in report.values()) / len(report)
         out["results"][label] = {"config": cfg.to_dict(), "mean_accuracy": round(mean, 2), "families": report}
         print(f"{label:<46} mean {mean:6.2f}  " + "  ".join(f"{f} {r['accuracy']:.1f}" for f, r in report.items()),

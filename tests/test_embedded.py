@@ -49,29 +49,28 @@ print("ok")
 
 @needs_checkpoint
 def test_answers_fixed_questions():
-    from dpvr.tiny.evaluate import generate_answers, normalize_answer
+    from dpvr.evaluation import answer_records
+    from dpvr.evaluation.metrics import score
 
     model, proc = embedded.load_model(), embedded.load_processor()
     items = [json.loads(x) for x in (embedded.PATH / "examples" / "examples.jsonl").read_text().splitlines()]
-    images = [Image.open(embedded.PATH / "examples" / it["image"]).convert("RGB") for it in items]
-    preds = generate_answers(model, proc, images, [it["question"] for it in items])
-    got = [normalize_answer(p, it["family"]) == normalize_answer(it["answer"], it["family"])
-           for p, it in zip(preds, items)]
+    preds = answer_records(model, proc, items, embedded.PATH / "examples")
+    got = [score(it, p)["correct"] for p, it in zip(preds, items)]
     assert all(got), list(zip([it["id"] for it in items], preds))
 
 
 @needs_checkpoint
 def test_well_above_blind_on_fresh_sample(tmp_path):
     from dpvr.data import generate_dataset
-    from dpvr.tiny.evaluate import evaluate
+    from dpvr.evaluation import accuracy_report
 
     root = tmp_path / "fresh"
     generate_dataset(root, seed=12345, num_train=1, num_test_per_family=24, progress=False)
     model, proc = embedded.load_model(), embedded.load_processor()
     fams = [f for f, r in embedded.build_info()["results"].items() if r["accuracy"] - r["blind"] >= 25]
     assert fams
-    seen = evaluate(model, proc, root, families=fams, progress=False)
-    blind = evaluate(model, proc, root, families=fams, blind=True, progress=False)
+    seen = accuracy_report(model, proc, root, fams, progress=False)
+    blind = accuracy_report(model, proc, root, fams, blind=True, progress=False)
     mean_gap = sum(seen[f]["accuracy"] - blind[f]["accuracy"] for f in fams) / len(fams)
     assert mean_gap >= 15, (seen, blind)
 
@@ -100,3 +99,16 @@ def test_benchmark_dir_generates_once_and_verifies(tmp_path, monkeypatch):
     info["data"]["manifest_sha256"] = "0" * 64
     with pytest.raises(ValueError, match="does not match the one the checkpoint was evaluated on"):
         embedded.benchmark_dir(tmp_path / "cache", progress=False)
+
+
+@needs_checkpoint
+def test_package_ships_the_checkpoint_and_nothing_else():
+    """Weights, config, tokenizer, processor, chat template, the smoke-test examples and build.json: no build
+    logs, loss curves or prediction dumps (the build writes those to its own logs/ folder)."""
+    listed = set(embedded.build_info()["files"]) | {"build.json"}
+    present = {p.relative_to(embedded.PATH).as_posix() for p in embedded.PATH.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert present == listed
+    assert {"model.safetensors", "config.json", "tokenizer.json", "processor_config.json",
+            "chat_template.jinja"} <= listed
+    assert not any(n.startswith("logs/") or n.startswith("losses") or n.startswith("predictions") for n in listed)

@@ -24,9 +24,23 @@ def test_quick_build_writes_a_loadable_checkpoint(tmp_path, capsys):
     stages = ["clip", "align", "instruct", "focus_pope", "focus_all"]
     assert list(info["stages"]) == stages
     assert [st["name"] for st in info["config"]["focus"]] == stages[3:]
-    assert (out / "losses.png").stat().st_size > 0
-    logged = [json.loads(x)["stage"] for x in (out / "losses.jsonl").read_text().splitlines()]
+    assert (out / "logs" / "losses.png").stat().st_size > 0
+    logged = [json.loads(x)["stage"] for x in (out / "logs" / "losses.jsonl").read_text().splitlines()]
     assert list(dict.fromkeys(logged)) == stages
+    # the gated stage was checked on validation items during its run, every family after the round
+    gates = [(g["stage"], g["when"]) for g in info["gates"]]
+    assert gates == [("instruct", "end"), ("focus_pope", "during"), ("round 1", "end")]
+    assert list(info["gates"][1]["families"]) == ["pope"] and info["gates"][1]["families"]["pope"]["blind"] >= 0
+    # the package gets the checkpoint only: no logs, losses or predictions
+    assert sorted(info["files"]) == sorted(["chat_template.jinja", "config.json", "examples/examples.jsonl",
+                                            "generation_config.json", "model.safetensors", "processor_config.json",
+                                            "tokenizer.json", "tokenizer_config.json"]
+                                           + [f"examples/{p.name}" for p in (out / "examples").glob("*.png")])
+    dest = tmp_path / "export"
+    from dpvr.tiny.build import export_checkpoint
+
+    assert sorted(export_checkpoint(out, dest)) == sorted(list(info["files"]) + ["build.json"])
+    assert not (dest / "logs").exists() and not (dest / "losses.png").exists()
     model = LlavaForConditionalGeneration.from_pretrained(out)
     proc = AutoProcessor.from_pretrained(out)
     cfg = model.config
@@ -34,6 +48,83 @@ def test_quick_build_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert cfg.vision_feature_layer == -2 and cfg.vision_feature_select_strategy == "default"
     assert proc.tokenizer.convert_ids_to_tokens(cfg.image_token_id) == "<image>"
     assert "family" in capsys.readouterr().out
+
+
+class _FakeGate:
+    """Scores from a script: family -> above-blind margin after each run of the stages named for it."""
+
+    def __init__(self, gains: dict[str, list[float]]):
+        self.gains, self.runs = gains, {f: 0 for f in gains}
+
+    def check(self, model, families):
+        fams = {f: {"accuracy": 50.0 + self.gains[f][min(self.runs[f], len(self.gains[f]) - 1)], "blind": 50.0}
+                for f in families}
+        for v in fams.values():
+            v["above_blind"] = v["accuracy"] - v["blind"]
+        return {"passed": all(v["above_blind"] >= 15 for v in fams.values()), "margin": 15.0, "families": fams}
+
+
+class _FakeRun:
+    def __init__(self, gate):
+        self.gate, self.model, self.timings, self.names = gate, None, {}, []
+
+    def __call__(self, name, stage_cfg, records, eval_fn=None, stop_when=None):
+        self.names.append(name)
+        for f in self.gate.runs:
+            if name.endswith(f"focus_{f}"):
+                self.gate.runs[f] += 1
+        if eval_fn is not None:  # one check in the middle of the stage
+            stop_when({"step": 0, **eval_fn(self.model)})
+
+
+def _rounds(monkeypatch, gains, rounds=3):
+    from dataclasses import replace
+
+    from dpvr.tiny import build as B
+
+    monkeypatch.setattr(B, "focus_records", lambda records, families: [])
+    monkeypatch.setattr(B, "FAMILIES", tuple(gains))
+    gate = _FakeGate(gains)
+    run = _FakeRun(gate)
+    cfg = replace(B.BuildConfig.full(), focus_rounds=rounds)
+    log: list[dict] = []
+    try:
+        B._focus_rounds(run, gate, cfg, [], log, progress=False)
+        err = None
+    except B.GateError as e:
+        err = str(e)
+    return run.names, log, err
+
+
+def test_focus_rounds_repeat_only_the_families_below_the_gate(monkeypatch):
+    # spatial clears after its first stage, mc only after its second run (in round 2)
+    names, log, err = _rounds(monkeypatch, {"pope": [0, 30], "spatial": [0, 20], "mc": [0, 5, 30]})
+    assert err is None
+    assert names == ["focus_pope", "focus_spatial", "focus_mc_text", "focus_mc", "focus_all",
+                     "r2_focus_mc_text", "r2_focus_mc", "r2_focus_all"]
+    assert [g["stage"] for g in log if g["when"] == "end"] == ["instruct", "round 1", "round 2"]
+    assert log[-1]["passed"]
+
+
+def test_focus_rounds_fail_loudly_naming_the_family_and_its_stages(monkeypatch):
+    names, log, err = _rounds(monkeypatch, {"pope": [0, 30], "spatial": [0, 20], "mc": [0, 5]}, rounds=2)
+    assert names[-1] == "r2_focus_all" and "r2_focus_pope" not in names
+    assert err is not None and "\n" not in err
+    assert "mc 55.0 (blind 50.0, +5.0)" in err and "focus_mc_text, focus_mc" in err and "pope" not in err.split("—")[0]
+
+
+def test_a_failed_gate_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys):
+    from dpvr.cli import main
+    from dpvr.tiny import build as B
+    from dpvr.tiny.gates import GateError
+
+    def fail(*a, **k):
+        raise GateError("the build failed its validation gate after 3 focus round(s): mc ...")
+
+    monkeypatch.setattr(B, "build", fail)
+    assert main(["tiny", "build", "--out", str(tmp_path / "t"), "--quick", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dpvr tiny build: the build failed its validation gate")
 
 
 def test_build_on_given_data_records_that_datas_config(tmp_path):

@@ -38,6 +38,7 @@ from dpvr.data.generate import DataConfig, generate_dataset, verify_dataset
 from dpvr.io import make_temp_dir, recover, swap_in, write_text_atomic
 from dpvr.data.questions import CAPTION_PROMPTS, FAMILIES
 from dpvr.tiny.focus import focus_records
+from dpvr.tiny.gates import Gate, GateError, describe, failing
 from dpvr.tiny.model import TinyArch
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -56,44 +57,39 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class FocusStage:
-    """Stage (d), a curriculum after the mixed instruction tuning: single-question records built
-    from ``train.json``'s own conversations, only those of ``families`` (see :func:`focus_records`).
+    """A stage of (d), the focus curriculum after the mixed instruction tuning: single-question records
+    built from ``train.json``'s own conversations, only those of ``families`` (see :func:`focus_records`).
 
-    A small model learns the families it reads early (count, colour, digit) from the mixed data
-    and stays at chance on the rest; a stage on one family alone gets it off the plateau, and a
-    last stage on all families at a lower rate brings the others back without losing it.
+    ``gate``: the benchmark families this stage is for. A gated stage is skipped when they already
+    clear the validation gate, and stops early once they clear it with room (``BuildConfig.stop_margin``);
+    an ungated stage (the replay) always runs in full.
     """
 
     name: str
     families: tuple[str, ...]
     stage: StageConfig
+    gate: tuple[str, ...] = ()
 
 
-#: Stage (d) of ``dpvr tiny build`` (``--no-focus`` leaves it out). Each single-family stage either
-#: leaves the chance plateau within its steps or not (its loss stays at the answer's chance level
-#: until it does), and which ones do varies from build to build: after the first round the seed-0
-#: build (generator 5) had POPE 81 %, spatial 50 (blind 50), multiple choice 40 (blind 25); one on
-#: data with fewer two-object spatial records POPE 63, spatial 79, multiple choice 27. A second
-#: round of the two families still on the plateau, started from where the first round left the
-#: model, gives each a second chance: on a validation benchmark (seed 777, 100 per family) it took
-#: spatial from 50 to 70 (blind 50) and multiple choice from 44 to 50 (blind 26 -> 33). The
-#: text-only MC scaffold is what makes MC move at all; replaying the conversations in each round's
-#: last stage keeps the loss on them where stage (c) left it. A stage's batches are drawn from
-#: ``Random(f"{seed}/{name}")``, so renaming a stage changes the weights.
+#: Stage (d) of ``dpvr tiny build`` (``--no-focus`` leaves it out), run in rounds. A small model learns
+#: the families it reads early (count, colour, digit) from the mixed data and stays at chance on the
+#: rest; a stage on one family alone gets it off that plateau — on some numerical paths and not
+#: others (generator 5: the one-thread seed-0 build escaped for POPE, spatial and multiple choice, the
+#: same recipe on two threads escaped for none). So each round runs the single-family stages whose
+#: family is still below the validation gate, then the replay of every family and the conversations
+#: at a lower rate (it keeps what stage (c) taught: captions, multi-turn answers), then checks every
+#: family; the build ends when all clear and fails, naming the families, after
+#: ``BuildConfig.focus_rounds`` rounds. The text-only multiple-choice scaffold ("The answer is red.
+#: What color is the circle? A. ... -> B") is what makes multiple choice move at all. A stage's
+#: batches are drawn from ``Random(f"{seed}/{name}")`` (round k > 1: ``r{k}_{name}``).
 _REPLAYED = FAMILIES + ("digit_color", "conversations")  # every family + train.json's conversations
-_SPATIAL = StageConfig(steps=700, lr=1e-3, batch=2048, warmup=30)
-_MC = StageConfig(steps=600, lr=1e-3, batch=2048, warmup=30)
-_REPLAY = StageConfig(steps=1000, lr=3e-4, batch=2048, warmup=30)
 FOCUS_CURRICULUM: tuple[FocusStage, ...] = (
-    FocusStage("focus_pope", ("pope",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("focus_spatial", ("spatial",), _SPATIAL),
-    FocusStage("focus_mc_text", ("mc_text",), StageConfig(steps=300, lr=1e-3, batch=2048, warmup=30)),
-    FocusStage("focus_mc", ("mc", "mc_text"), _MC),
-    FocusStage("focus_all", _REPLAYED, _REPLAY),
-    # round 2: the same settings again for the families a first round can leave on the plateau
-    FocusStage("r2_spatial", ("spatial",), _SPATIAL),
-    FocusStage("r2_mc", ("mc", "mc_text"), _MC),
-    FocusStage("r2_all", _REPLAYED, _REPLAY),
+    FocusStage("focus_pope", ("pope",), StageConfig(steps=400, lr=1e-3, batch=2048, warmup=30), gate=("pope",)),
+    FocusStage("focus_spatial", ("spatial",), StageConfig(steps=700, lr=1e-3, batch=2048, warmup=30),
+               gate=("spatial",)),
+    FocusStage("focus_mc_text", ("mc_text",), StageConfig(steps=300, lr=1e-3, batch=2048, warmup=30), gate=("mc",)),
+    FocusStage("focus_mc", ("mc", "mc_text"), StageConfig(steps=600, lr=1e-3, batch=2048, warmup=30), gate=("mc",)),
+    FocusStage("focus_all", _REPLAYED, StageConfig(steps=800, lr=3e-4, batch=2048, warmup=30)),
 )
 
 
@@ -106,9 +102,14 @@ class BuildConfig:
     align: StageConfig = StageConfig(steps=800, lr=1e-3, batch=2048, warmup=30, vision_lr_scale=1.0)
     instruct: StageConfig = StageConfig(steps=1400, lr=1e-3, batch=2048, warmup=50, vision_lr_scale=0.3)
     focus: tuple[FocusStage, ...] = ()  # stage (d); empty: no focus stage (see FOCUS_CURRICULUM)
+    focus_rounds: int = 3  # rounds of stage (d) at most before the build fails
+    gate_items: int = 100  # validation items per family a gate scores (and as many blank-image ones)
+    gate_margin: float = 15.0  # points above blind every family must reach for the build to pass
+    stop_margin: float = 25.0  # points above blind at which a gated stage stops early
+    gate_every: int = 100  # steps between a gated stage's checks
     eval_limit: int | None = None  # items per family (None: all)
     blind_eval_limit: int | None = 120  # items per family for the blank-image run
-    threads: int = 1  # the shipped build's; another count is another numerical path (and outcome)
+    threads: int = 2  # both cores of the project's machine; another count is another numerical path
 
     @classmethod
     def full(cls, seed: int = 0, focus: bool = True) -> "BuildConfig":
@@ -118,7 +119,8 @@ class BuildConfig:
     @classmethod
     def quick(cls, seed: int = 0, focus: bool = True) -> "BuildConfig":
         """A ~1-minute smoke version (tests): tiny data, few steps, small eval."""
-        focus_stages = (FocusStage("focus_pope", ("pope",), StageConfig(steps=3, lr=5e-4, batch=1024, warmup=1)),
+        focus_stages = (FocusStage("focus_pope", ("pope",), StageConfig(steps=3, lr=5e-4, batch=1024, warmup=1),
+                                   gate=("pope",)),
                         FocusStage("focus_all", FAMILIES + ("mc_text", "conversations"),
                                    StageConfig(steps=3, lr=2e-4, batch=1024, warmup=1)))
         return cls(
@@ -126,8 +128,8 @@ class BuildConfig:
             clip=StageConfig(steps=4, lr=1e-3, batch=32, warmup=2, weight_decay=0.1),
             align=StageConfig(steps=4, lr=1e-3, batch=1024, warmup=2),
             instruct=StageConfig(steps=8, lr=5e-4, batch=1024, warmup=2, vision_lr_scale=0.3),
-            focus=focus_stages if focus else (),
-            eval_limit=4, blind_eval_limit=4,
+            focus=focus_stages if focus else (), focus_rounds=1, gate_items=6, gate_margin=-100.0,
+            gate_every=2, eval_limit=4, blind_eval_limit=4,
         )
 
     def to_dict(self) -> dict:
@@ -207,7 +209,7 @@ def _build(out: Path, final: Path, cfg: BuildConfig, data_dir, progress: bool, c
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
     timings: dict[str, float] = {}
-    logs = out / "losses.jsonl"
+    logs = out / "logs" / "losses.jsonl"
 
     # 1. data: the previous build's (copied, if made with the same settings) or new
     t = time.time()
@@ -248,52 +250,50 @@ def _build(out: Path, final: Path, cfg: BuildConfig, data_dir, progress: bool, c
     clip, clip_log = stages.run_clip(cfg, processor.tokenizer, pixels, captions, logs, progress)
     timings["clip"] = time.time() - t
 
-    # 4. LLaVA with the pretrained tower
+    # 4. LLaVA with the pretrained tower (generation settings first: the gates generate)
     model = stages.new_llava(cfg, len(processor.tokenizer), clip)
     del clip
-
-    # 5. stage (b): align on captions; 6. stage (c): instruction tuning; 7. stage (d): focus
-    # curriculum. A stage with a frozen tower trains on cached features (computed from the tower
-    # as it is when the stage starts).
-    logs_by_stage, features = {}, None
-    plan = [("align", cfg.align, caption_records(captions, cfg.seed)), ("instruct", cfg.instruct, records)]
-    plan += [(f.name, f.stage, focus_records(records, f.families)) for f in cfg.focus]
-    for st, stage_cfg, recs in plan:
-        frozen = stage_cfg.vision_lr_scale == 0
-        if frozen and features is None:
-            t = time.time()
-            features = stages.cache(model, pixels, progress)
-            timings[f"cache_{st}"] = time.time() - t
-        t = time.time()
-        logs_by_stage[st] = stages.run_lm(model, features if frozen else pixels, recs, row, processor.tokenizer,
-                                          cfg, st, stage_cfg, logs, progress)
-        if not frozen:
-            features = None  # the tower changed: a later frozen stage re-caches
-        timings[st] = time.time() - t
-    del pixels, features
-
-    # 8. save, evaluate with the stock classes reloaded from disk
-    t = time.time()
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
     model.generation_config.do_sample = False
+
+    # 5. stage (b): align on captions; 6. stage (c): instruction tuning. A stage with a frozen tower
+    # trains on cached features (computed from the tower as it is when the stage starts).
+    run = _StageRunner(model, pixels, row, processor.tokenizer, cfg, logs, progress, timings)
+    run("align", cfg.align, caption_records(captions, cfg.seed))
+    run("instruct", cfg.instruct, records)
+
+    # 7. stage (d): focus curriculum in rounds, each family checked on held-out validation items
+    gate_log: list[dict] = []
+    if cfg.focus:
+        t = time.time()
+        val_dir = out / "work" / "val"
+        generate_dataset(val_dir, progress=False, **asdict(replace(cfg.data, seed=cfg.data.seed + VAL_SEED_OFFSET,
+                                                                   num_train=1, num_test_per_family=cfg.gate_items)))
+        gate = Gate(processor, val_dir, items=cfg.gate_items, margin=cfg.gate_margin)
+        timings["validation_data"] = time.time() - t
+        _focus_rounds(run, gate, cfg, records, gate_log, progress, out / "logs" / "gates.jsonl")
+    del pixels, run.pixels, run.features
+
+    # 8. save, evaluate with the stock classes reloaded from disk
+    t = time.time()
     model.save_pretrained(out)
     processor.save_pretrained(out)
     reloaded, reproc = stages.reload(out)
     predictions: list[dict] = []
     results = stages.evaluate_both(reloaded, reproc, data_dir, cfg.eval_limit, progress, predictions,
                                    blind_limit=cfg.blind_eval_limit)
-    (out / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    (out / "logs" / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
     stages.write_examples(out, data_dir, predictions)
     timings["eval"] = time.time() - t
 
     from dpvr.tiny.plots import plot_losses
 
-    plot_losses(logs, out / "losses.png")
+    plot_losses(logs, out / "logs" / "losses.png")
     files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*"))
              if p.is_file() and p.name != "build.json" and not p.name.startswith(".")
-             and p.relative_to(out).parts[0] not in ("data", "work")}
+             and p.relative_to(out).parts[0] not in ("data", "work", "logs")}
     info = {
         "command": command if command is not None else [os.path.basename(sys.argv[0])] + sys.argv[1:],
         "seed": cfg.seed,
@@ -303,7 +303,8 @@ def _build(out: Path, final: Path, cfg: BuildConfig, data_dir, progress: bool, c
                  "counts": manifest["counts"]},
         "num_image_tokens": cfg.arch.num_image_tokens,
         "parameters": sum(p.numel() for p in reloaded.parameters()),
-        "stages": {"clip": _summary(clip_log), **{st: _summary(rows) for st, rows in logs_by_stage.items()}},
+        "stages": {"clip": _summary(clip_log), **{st: _summary(rows) for st, rows in run.logs.items()}},
+        "gates": gate_log,
         "results": results,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "wall_time_s": round(time.time() - t_start, 1),
@@ -311,6 +312,85 @@ def _build(out: Path, final: Path, cfg: BuildConfig, data_dir, progress: bool, c
     }
     write_text_atomic(out / "build.json", json.dumps(info, indent=1) + "\n")
     return info
+
+
+VAL_SEED_OFFSET = 1_000_003  # the validation benchmark's seed: the data seed + this (never the test files)
+
+
+class _StageRunner:
+    """Runs LM stages on one model, keeping the vision-feature cache, the timings and the loss logs."""
+
+    def __init__(self, model, pixels, row, tokenizer, cfg, log_path, progress, timings):
+        from dpvr.tiny import stages
+
+        self.stages, self.model, self.pixels, self.row, self.tok = stages, model, pixels, row, tokenizer
+        self.cfg, self.log_path, self.progress, self.timings = cfg, log_path, progress, timings
+        self.features = None
+        self.logs: dict[str, list[dict]] = {}
+
+    def __call__(self, name: str, stage_cfg: StageConfig, records: list[dict], eval_fn=None, stop_when=None) -> None:
+        frozen = stage_cfg.vision_lr_scale == 0
+        if frozen and self.features is None:
+            t = time.time()
+            self.features = self.stages.cache(self.model, self.pixels, self.progress)
+            self.timings[f"cache_{name}"] = time.time() - t
+        t = time.time()
+        self.logs[name] = self.stages.run_lm(
+            self.model, self.features if frozen else self.pixels, records, self.row, self.tok, self.cfg, name,
+            stage_cfg, self.log_path, self.progress, eval_fn=eval_fn, eval_every=self.cfg.gate_every,
+            stop_when=stop_when)
+        if not frozen:
+            self.features = None  # the tower changed: a later frozen stage re-caches
+        self.timings[name] = time.time() - t
+
+
+def _focus_rounds(run: _StageRunner, gate, cfg: BuildConfig, records: list[dict], gate_log: list[dict],
+                  progress: bool, log_path: Path | None = None) -> None:
+    """Stage (d) in rounds (see :data:`FOCUS_CURRICULUM`); raises :class:`GateError` if a family never clears.
+
+    Every check is appended to ``gate_log`` and, as it happens, to ``log_path`` (one JSON line each)."""
+    from tqdm.auto import tqdm
+
+    def check(name: str, families, when: str, step: int | None = None) -> dict:
+        t = time.time()
+        status = gate.check(run.model, families)
+        run.timings["gates"] = run.timings.get("gates", 0.0) + time.time() - t
+        entry = {"stage": name, "when": when, **({"step": step} if step is not None else {}), **status}
+        gate_log.append(entry)
+        if log_path is not None:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        if progress:
+            tqdm.write(f"[gate {name}{f' step {step}' if step is not None else ''}] {describe(status)}")
+        return status
+
+    status = check("instruct", FAMILIES, "end")
+    for k in range(1, cfg.focus_rounds + 1):
+        for f in cfg.focus:
+            name = f.name if k == 1 else f"r{k}_{f.name}"
+            if f.gate and k > 1 and not set(f.gate) & set(failing(status)):
+                continue  # its families clear: nothing to focus on
+            stop_when = eval_fn = None
+            if f.gate:
+                steps_done = [0]
+
+                def eval_fn(model, f=f, name=name, steps_done=steps_done):
+                    steps_done[0] += cfg.gate_every
+                    st = check(name, f.gate, "during", steps_done[0])
+                    return {"gate_passed": all(v["above_blind"] >= cfg.stop_margin for v in st["families"].values())}
+
+                def stop_when(row):
+                    return bool(row.get("gate_passed"))
+            run(name, f.stage, focus_records(records, f.families), eval_fn=eval_fn, stop_when=stop_when)
+        status = check(f"round {k}", FAMILIES, "end")
+        if status["passed"]:
+            return
+    stuck = failing(status)
+    stages_for = [f.name for f in cfg.focus if set(f.gate) & set(stuck)] or ["instruct"]
+    raise GateError(f"the build failed its validation gate after {cfg.focus_rounds} focus round(s): "
+                    f"{describe({**status, 'families': {f: status['families'][f] for f in stuck}})} — less than "
+                    f"{cfg.gate_margin:g} points above blind (stages for them: {', '.join(stages_for)}); rerun with "
+                    "another --seed or --threads, or see logs/gates.jsonl")
 
 
 def _summary(rows: list[dict]) -> dict:

@@ -118,8 +118,11 @@ def train_lm(model: LlavaForConditionalGeneration, features: torch.Tensor, examp
              stage: str, steps: int, batch_tokens: int, lr: float, seed: int, warmup: int = 50,
              weight_decay: float = 0.0, train_lm_params: bool = True, log_path=None, progress: bool = True,
              max_seconds: float | None = None, pad_id: int = 1, eval_fn=None, eval_every: int = 0,
-             vision_lr_scale: float = 0.0) -> list[dict]:
+             vision_lr_scale: float = 0.0, stop_when=None) -> list[dict]:
     """Train projector (+ language model) in place on ``examples``; returns the loss log.
+
+    ``eval_fn(model) -> dict`` runs every ``eval_every`` steps (its dict joins that step's log row);
+    ``stop_when(row) -> bool`` ends the stage after a row for which it is true (a cleared gate).
 
     With ``vision_lr_scale > 0``, ``features`` must be pixel values: the vision tower then runs
     in every step and trains too, at ``vision_lr_scale`` times the learning rate.
@@ -160,10 +163,15 @@ def train_lm(model: LlavaForConditionalGeneration, features: torch.Tensor, examp
             model.eval()
             row.update(eval_fn(model))
             model.train()
-            bar.write(f"[{stage} step {step + 1}] {row}")
+            if progress:
+                bar.write(f"[{stage} step {step + 1}] {row}")
         log.log(**row)
         bar.set_postfix(loss=f"{ema:.3f}")
         if max_seconds is not None and time.time() - t0 > max_seconds:
+            break
+        if stop_when is not None and stop_when(row):
+            if progress:
+                bar.write(f"[{stage}] stopped at step {step + 1} of {steps}: validation gate cleared")
             break
     for p in model.parameters():
         p.requires_grad_(True)

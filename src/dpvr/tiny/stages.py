@@ -61,13 +61,13 @@ def cache(model, pixels, progress) -> torch.Tensor:
 
 
 def run_lm(model, features, records, row, tokenizer, cfg, stage: str, stage_cfg, log_path, progress, eval_fn=None,
-           eval_every: int = 0):
+           eval_every: int = 0, stop_when=None):
     """Train ``model`` on ``records`` for one LM stage with the settings ``stage_cfg`` (a StageConfig)."""
     examples = build_examples(records, tokenizer, cfg.arch.num_image_tokens, row)
     return train_lm(model, features, examples, stage=stage, steps=stage_cfg.steps, batch_tokens=stage_cfg.batch,
                     lr=stage_cfg.lr, seed=cfg.seed, warmup=stage_cfg.warmup, weight_decay=stage_cfg.weight_decay,
                     log_path=log_path, progress=progress, pad_id=tokenizer.pad_token_id, eval_fn=eval_fn,
-                    eval_every=eval_every, vision_lr_scale=stage_cfg.vision_lr_scale)
+                    eval_every=eval_every, vision_lr_scale=stage_cfg.vision_lr_scale, stop_when=stop_when)
 
 
 def reload(path: str | os.PathLike):
@@ -78,12 +78,15 @@ def reload(path: str | os.PathLike):
 
 def evaluate_both(model, processor, data_dir, limit, progress, predictions: list | None = None,
                   blind_limit: int | None = None) -> dict:
-    """Accuracy per family with the image and with a blank image ("blind", first ``blind_limit`` items)."""
-    from dpvr.tiny.evaluate import evaluate
+    """Accuracy per family with the image and with a blank image ("blind", first ``blind_limit`` items),
+    scored by ``dpvr eval``'s code (:func:`dpvr.evaluation.accuracy_report`, its default answer budget)."""
+    from dpvr.data.questions import FAMILIES
+    from dpvr.evaluation import accuracy_report
 
-    with_image = evaluate(model, processor, data_dir, limit=limit, progress=progress, predictions=predictions)
+    kw = dict(batch_size=50, max_new_tokens=16, progress=progress)
+    with_image = accuracy_report(model, processor, data_dir, list(FAMILIES), limit=limit, predictions=predictions, **kw)
     blind_limit = limit if blind_limit is None else (blind_limit if limit is None else min(limit, blind_limit))
-    blind = evaluate(model, processor, data_dir, limit=blind_limit, blind=True, progress=progress)
+    blind = accuracy_report(model, processor, data_dir, list(FAMILIES), limit=blind_limit, blind=True, **kw)
     return {fam: {**with_image[fam], "blind": blind[fam]["accuracy"], "blind_n": blind[fam]["n"],
                   "blind_yes_ratio": blind[fam].get("yes_ratio"),
                   "above_blind": round(with_image[fam]["accuracy"] - blind[fam]["accuracy"], 2)}

@@ -127,6 +127,29 @@ def test_a_failed_gate_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("dpvr tiny build: the build failed its validation gate")
 
 
+def test_a_build_that_fails_its_gate_keeps_the_old_output_and_its_own_logs(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from dpvr.tiny import build as B
+
+    def failing_build(staging, final, cfg, data_dir, progress, command):  # as _build does: logs first, then the gate
+        (staging / "logs").mkdir()
+        (staging / "logs" / "losses.jsonl").write_text("")
+        (staging / "logs" / "gates.jsonl").write_text('{"stage": "round 1"}\n')
+        raise B.GateError("the build failed its validation gate after 1 focus round(s): mc ...")
+
+    monkeypatch.setattr(B, "_build", failing_build)
+    out = tmp_path / "tiny"
+    out.mkdir()
+    (out / "old.txt").write_text("previous build")
+    with pytest.raises(B.GateError, match=r"mc \.\.\.; its logs: .*tiny\.failed-logs"):
+        B.build(out, replace(B.BuildConfig.quick(), focus_rounds=1), overwrite=True, progress=False)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    kept = tmp_path / "tiny.failed-logs"
+    assert (kept / "gates.jsonl").read_text() == '{"stage": "round 1"}\n' and (kept / "losses.jsonl").exists()
+    assert not list(tmp_path.glob(".tiny.tmp-*"))
+
+
 def test_build_on_given_data_records_that_datas_config(tmp_path):
     """With --data, build.json's data config is the dataset's own (embedded.benchmark_dir regenerates
     the benchmark from it), not the defaults."""

@@ -183,6 +183,13 @@ def build(out: str | os.PathLike, cfg: BuildConfig, data_dir: str | os.PathLike 
         try:
             info = _build(staging, out, cfg, data_dir, progress, command)
             swap_in(staging, out)
+        except GateError as err:
+            # ``out`` keeps the previous build; the failed one's logs (gates.jsonl, losses) are kept beside it
+            kept = out.with_name(f"{out.name}.failed-logs")
+            shutil.rmtree(kept, ignore_errors=True)
+            if (staging / "logs").is_dir():
+                shutil.copytree(staging / "logs", kept)
+            raise GateError(f"{err}; its logs: {kept}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone after a swap; a failed build's files otherwise
         return info
@@ -390,7 +397,7 @@ def _focus_rounds(run: _StageRunner, gate, cfg: BuildConfig, records: list[dict]
     raise GateError(f"the build failed its validation gate after {cfg.focus_rounds} focus round(s): "
                     f"{describe({**status, 'families': {f: status['families'][f] for f in stuck}})} — less than "
                     f"{cfg.gate_margin:g} points above blind (stages for them: {', '.join(stages_for)}); rerun with "
-                    "another --seed or --threads, or see logs/gates.jsonl")
+                    "another --seed or --threads")
 
 
 def _summary(rows: list[dict]) -> dict:

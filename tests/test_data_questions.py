@@ -350,6 +350,7 @@ READ_BACK = {
     f"Is red a color?\n{Q.YESNO}": "text",
     "Is there a way out?": "text",
     "Is the sky blue?": "text",
+    "Is it above or below the line?": "text",  # a spatial middle, but not the template's start
 }
 
 
@@ -387,3 +388,9 @@ def test_restyle_thresholds_and_what_it_leaves_alone():
     caption = Q.QA("Describe the image briefly.", "one object: ...", "caption", "scene")
     for r in (0.0, 0.5, 0.99):
         assert Q.restyle(FixedRng(r), mc) is mc and Q.restyle(FixedRng(r), caption) is caption
+
+
+def test_chance_levels():
+    """What the reports draw as each family's guessing line (uniform over the answers a family can have)."""
+    assert Q.CHANCE == {"pope": 50.0, "mc": 25.0, "count": 25.0, "color": 100 / 6, "spatial": 50.0, "digit": 10.0}
+    assert set(Q.CHANCE) == set(Q.FAMILIES) and Q.POPE_CATEGORIES == ("random", "popular", "adversarial")

@@ -219,6 +219,11 @@ def test_scene_questions_are_distinct_and_k_of_them():
         for qa in qas:
             _oracle(qa.question, qa.answer, scene)
     fams = Counter(qa.family for s in range(200) for qa in gen._scene_questions(random.Random(s), scene, 1))
+    with pytest.MonkeyPatch.context() as mp:  # no asker has a question: the count question, never an empty turn list
+        mp.setattr(gen, "_SCENE_ASKERS", (lambda rng, sc: None,))
+        mp.setattr(gen, "_ASKER_WEIGHTS", (1.0,))
+        (qa,) = gen._scene_questions(random.Random(0), scene, 3)
+        assert (qa.family, qa.answer) == ("count", "3")
     # weights 2.5 : 0.6 : 1.0 : 2.0 : 1.5 over pope, count, color, spatial, mc
     assert fams["pope"] > fams["spatial"] > fams["mc"] > fams["color"] > fams["count"] > 0
 

@@ -332,8 +332,6 @@ def test_verify_dataset_notices_edits_and_missing_files(small, tmp_path):
         gen.verify_dataset(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="verify_dataset's condition reads `A and not exists or hash != h`: "
-                   "prefixes do not limit the hash check, and a missing file outside them raises FileNotFoundError")
 def test_verify_dataset_prefixes_limit_the_check(small, tmp_path):
     import shutil
 

@@ -330,7 +330,8 @@ def verify_dataset(root: str | os.PathLike, prefixes: tuple[str, ...] | None = N
         raise FileNotFoundError(f"{mpath} not found: not a dataset written by `dpvr data generate`")
     manifest = json.loads(mpath.read_text())
     bad = [rel for rel, h in manifest["files"].items()
-           if (prefixes is None or rel.startswith(prefixes)) and not (root / rel).exists() or _sha256((root / rel).read_bytes()) != h]
+           if (prefixes is None or rel.startswith(prefixes))
+           and (not (root / rel).exists() or _sha256((root / rel).read_bytes()) != h)]
     if bad:
         raise ValueError(f"{len(bad)} file(s) in {root} do not match manifest.json (e.g. {bad[0]}); "
                          "regenerate the dataset")

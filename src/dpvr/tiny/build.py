@@ -109,7 +109,7 @@ class BuildConfig:
     gate_every: int = 100  # steps between a gated stage's checks
     eval_limit: int | None = None  # items per family (None: all)
     blind_eval_limit: int | None = 120  # items per family for the blank-image run
-    threads: int = 2  # both cores of the project's machine; another count is another numerical path
+    threads: int = 1  # the shipped build's (see docs/embedded.md); another count is another numerical path
 
     @classmethod
     def full(cls, seed: int = 0, focus: bool = True) -> "BuildConfig":

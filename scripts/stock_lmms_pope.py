@@ -41,7 +41,8 @@ def main() -> None:
         got = simple_evaluate(model="dpvr", model_args=model_args + (",blind=True" if blind else ""), tasks=["pope"],
                               batch_size=args.batch_size, device="cpu", limit=args.limit, task_manager=tasks,
                               verbosity="WARNING")
-        figures = {k.split(",")[0]: v for k, v in got["results"]["pope"].items() if k.startswith("pope_")}
+        figures = {k.split(",")[0]: v for k, v in got["results"]["pope"].items()
+                   if k.startswith("pope_") and "stderr" not in k and isinstance(v, (int, float))}
         result["runs"][label] = figures
         print(f"{label:<11} " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in figures.items()), flush=True)
     Path(args.out, "stock-pope.json").write_text(json.dumps(result, indent=1) + "\n")

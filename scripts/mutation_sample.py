@@ -1,4 +1,4 @@
-"""Run a seeded random sample of mutmut's mutants of ``dpvr.data`` against two test selections.
+"""Run a seeded random sample of mutmut's mutants of a dpvr package (``dpvr.data``, ``dpvr.engine``, ...) against two test selections.
 
 For a 2-core machine where a full ``mutmut run`` (2,466 mutants here) does not fit: the mutants are
 mutmut's own (its ``create_mutations``: same operators, same order), each applied as a whole-file
@@ -8,6 +8,8 @@ Results go to ``OUT`` as JSON lines (idx, module, function, the diff, old/new py
 
     python scripts/mutation_sample.py --n 60 --seed 20 --out /tmp/mut-20.jsonl
     python scripts/mutation_sample.py --n 50 --seed 21 --exclude 20:60 --out /tmp/mut-21.jsonl
+    python scripts/mutation_sample.py --package engine --n 20 --seed 30 --old tests/test_engine.py \
+        tests/test_static_cache.py tests/test_families.py --new --out /tmp/mut-engine-30.jsonl
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODULES = ("generate", "questions", "scenes", "llava_format")
+MODULES = {"data": ("generate", "questions", "scenes", "llava_format")}  # default: every module of the package
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,19 +35,23 @@ def _sample(n: int, seed: int, total: int, exclude: set[int]) -> list[int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--package", default="data", help="a subpackage of dpvr (default: data)")
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--exclude", default=None, help="SEED:N - leave out the mutants of that earlier sample")
     ap.add_argument("--out", required=True)
     ap.add_argument("--old", nargs="+", default=["tests/test_data_generate.py"])
-    ap.add_argument("--new", nargs="+", default=["tests/test_data_questions.py", "tests/test_data_records.py"])
+    ap.add_argument("--new", nargs="*", default=["tests/test_data_questions.py", "tests/test_data_records.py"],
+                    help="run on the old selection's survivors (none: skip)")
     ap.add_argument("--timeout", type=int, default=120)
     args = ap.parse_args()
     from mutmut.mutation.file_mutation import create_mutations
 
+    pkg = ROOT / "src" / "dpvr" / args.package
+    names = MODULES.get(args.package) or tuple(p.stem for p in sorted(pkg.glob("*.py")) if p.stem != "__init__")
     muts = []  # (module name, libcst module, mutation), in mutmut's order
-    for name in MODULES:
-        path = ROOT / "src" / "dpvr" / "data" / f"{name}.py"
+    for name in names:
+        path = pkg / f"{name}.py"
         module, found, _, _ = create_mutations(str(path), path.read_text())
         muts += [(name, module, m) for m in found]
     exclude: set[int] = set()
@@ -58,7 +64,8 @@ def main() -> int:
 
     def run(files: list[str]):
         try:
-            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files],
+            r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                                *files],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
             return r.returncode
         except subprocess.TimeoutExpired:
@@ -68,13 +75,13 @@ def main() -> int:
     with open(args.out, "a") as out:
         for idx in _sample(args.n, args.seed, len(muts), exclude):
             name, module, m = muts[idx]
-            target = work / "src" / "dpvr" / "data" / f"{name}.py"
+            target = work / "src" / "dpvr" / args.package / f"{name}.py"
             original = target.read_text()
             mutated = module.deep_replace(m.original_node, m.mutated_node).code
             target.write_text(mutated)
             try:
                 old = run(args.old)
-                new = run(args.new) if old == 0 else None
+                new = run(args.new) if old == 0 and args.new else None
             finally:
                 target.write_text(original)
             fn = m.contained_by_top_level_function

@@ -229,7 +229,7 @@ def test_bad_sweep_arguments_are_one_line(line, corpus, tiny_dir, tmp_path, caps
 
 
 @pytest.mark.parametrize("extra", [["--num-train", "-1"], ["--num-train", "0"], ["--num-test-per-family", "0"],
-                                   ["--num-test-per-family", "-5"]])
+                                   ["--num-test-per-family", "-5"], ["--test-wording", "mme"]])
 def test_bad_data_generate_arguments_are_one_line(extra, tmp_path, capsys):
     rc, err = run(["data", "generate", "--out", str(tmp_path / "o"), "--quiet", *extra], capsys)
     check_refused("data", rc, err, tmp_path / "o")

@@ -358,9 +358,9 @@ def _focus_rounds(run: _StageRunner, gate, cfg: BuildConfig, records: list[dict]
     Every check is appended to ``gate_log`` and, as it happens, to ``log_path`` (one JSON line each)."""
     from tqdm.auto import tqdm
 
-    def check(name: str, families, when: str, step: int | None = None) -> dict:
+    def check(name: str, families, when: str, step: int | None = None, margin: float | None = None) -> dict:
         t = time.time()
-        status = gate.check(run.model, families)
+        status = gate.check(run.model, families, margin=margin)
         run.timings["gates"] = run.timings.get("gates", 0.0) + time.time() - t
         entry = {"stage": name, "when": when, **({"step": step} if step is not None else {}), **status}
         gate_log.append(entry)
@@ -383,8 +383,7 @@ def _focus_rounds(run: _StageRunner, gate, cfg: BuildConfig, records: list[dict]
 
                 def eval_fn(model, f=f, name=name, steps_done=steps_done):
                     steps_done[0] += cfg.gate_every
-                    st = check(name, f.gate, "during", steps_done[0])
-                    return {"gate_passed": all(v["above_blind"] >= cfg.stop_margin for v in st["families"].values())}
+                    return {"gate_passed": check(name, f.gate, "during", steps_done[0], cfg.stop_margin)["passed"]}
 
                 def stop_when(row):
                     return bool(row.get("gate_passed"))

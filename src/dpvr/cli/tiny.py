@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
                         "lift POPE, spatial and multiple choice off chance; the shipped checkpoint has it)")
     b.add_argument("--data", default=None, help="use this generated dataset instead of generating one")
     b.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1, as the shipped build; weights are reproducible for a fixed "
+                   help="torch CPU threads (default: 2, as the shipped build; weights are reproducible for a fixed "
                         "count on one machine, and another count is another numerical path)")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     b.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -188,7 +188,16 @@ def _tiny_arch():
                     projection_dim=16, lm_hidden=32, lm_heads=2, lm_kv_heads=2, lm_intermediate=64)
 
 
-def test_clip_stage_is_deterministic():
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """Run under 1 and 2 torch threads (the build's --threads): each count is its own deterministic path."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_clip_stage_is_deterministic(threads):
     from dpvr.tiny.clip_stage import pretrain_clip
 
     def run():
@@ -205,7 +214,7 @@ def test_clip_stage_is_deterministic():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lm_stage_is_deterministic_and_learns():
+def test_lm_stage_is_deterministic_and_learns(threads):
     from dpvr.tiny.lm_stage import Example, train_lm
 
     arch = _tiny_arch()

@@ -10,7 +10,8 @@ length; a causal mask (``is_causal``, or a prefix length per query) grows by exa
 any key order, so no reordering of keys turns this pattern into one: an explicit mask (or a kernel
 with per-query key lengths) is needed. This script times sdpa on that explicit mask (bool and additive),
 and, as lower bounds of what a mask-free kernel could give, a causal and an unmasked call of the same
-(Lt, L) size, plus the rest of a kv layer's extra work (image K/V projection, text+image K/V merge).
+(Lt, L) size, plus the rest of a kv layer's extra work (image K/V projection, text+image K/V merge: by gather for any
+layout, by one concatenation when every sample's image is the same run of positions).
 Timings: median and interquartile range of ``--repeats`` rounds after ``--warmup``; JSON to stdout.
 """
 from __future__ import annotations
@@ -78,7 +79,10 @@ def main() -> None:
         "sdpa_is_causal_same_size (lower bound, wrong pattern)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
         "sdpa_no_mask_same_size (lower bound, wrong pattern)": lambda: F.scaled_dot_product_attention(q, k, v),
         "image_kv_projection": lambda: image_hidden @ w_kv.T,
-        "kv_merge_cat_gather (K and V)": lambda: [torch.cat([k_text, k_img], 2).gather(2, idx) for _ in range(2)],
+        "kv_merge_cat_gather (K and V; any layout)": lambda: [torch.cat([k_text, k_img], 2).gather(2, idx)
+                                                              for _ in range(2)],
+        "kv_merge_cat (K and V; one shared image run, what the engine does then)": lambda: [
+            torch.cat([k_text[:, :, :args.system], k_img, k_text[:, :, args.system:]], 2) for _ in range(2)],
     }
     res = {"device": str(device), "dtype": args.dtype, "batch": b, "heads": h, "head_dim": hd, "text_queries": lt,
            "keys": length, "torch": torch.__version__,

@@ -30,6 +30,9 @@ class RoutingIndex:
     image_valid: torch.Tensor  # (B, Li) bool
     merge_idx: torch.Tensor  # (B, L) slot in cat([text view, image view]) that fills each full position
     prefix_len: int  # positions up to and including the last image token of any sample (0 without images)
+    # (start, Li) when every sample's image positions are the same run start..start+Li-1 and no slot is
+    # invalid (one image, same prompt layout, no padding): merging is then a concatenation, not a gather
+    image_block: tuple[int, int] | None = None
 
     @property
     def max_image_tokens(self) -> int:
@@ -82,7 +85,27 @@ class RoutingIndex:
         merge_idx.scatter_(1, target, torch.arange(slot_pos.shape[1], device=device).expand(bsz, -1).contiguous())
         merge_idx = merge_idx[:, :length]
         prefix_len = int((torch.where(is_image, torch.arange(length, device=device), -1).max()) + 1) if max_image else 0
-        return cls(text_idx, text_valid, image_idx, image_valid, merge_idx, prefix_len)
+        block = None
+        if max_image and max_text + max_image == length and bool(image_valid.all()) and bool(text_valid.all()):
+            start = image_idx[:1, :1]  # (1, 1)
+            if bool((image_idx == start + slots_i[None, :]).all()):
+                block = (int(start), max_image)
+        return cls(text_idx, text_valid, image_idx, image_valid, merge_idx, prefix_len, block)
+
+    def merge(self, text: torch.Tensor, image: torch.Tensor, dim: int) -> torch.Tensor:
+        """Text-view and image-view slots back into full-view order along ``dim`` (the sequence axis).
+
+        text (..., Lt, ...) and image (..., Li, ...) -> (..., L, ...). One concatenation when the image
+        positions are a shared run (`image_block`), else a gather through ``merge_idx``.
+        """
+        if self.image_block is not None:
+            start, _ = self.image_block
+            return torch.cat([text.narrow(dim, 0, start), image, text.narrow(dim, start, text.shape[dim] - start)], dim)
+        both = torch.cat([text, image], dim=dim)  # (..., Lt + Li, ...)
+        shape = [1] * both.dim()
+        shape[0], shape[dim] = self.merge_idx.shape
+        idx = self.merge_idx.reshape(shape).expand(*both.shape[:dim], self.merge_idx.shape[1], *both.shape[dim + 1:])
+        return both.gather(dim, idx)
 
 
 def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -96,4 +119,4 @@ def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def merge_views(text: torch.Tensor, image: torch.Tensor, index: RoutingIndex) -> torch.Tensor:
     """text (B, Lt, d) and image (B, Li, d) back into the full view (B, L, d)."""
-    return gather_positions(torch.cat([text, image], dim=1), index.merge_idx)
+    return index.merge(text, image, dim=1)

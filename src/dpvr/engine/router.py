@@ -552,9 +552,8 @@ def _image_kv_merge(backbone, layer, side_image, index: RoutingIndex, position_e
     cos, sin = (gather_positions(t, index.image_idx) for t in position_embeddings)  # (B, Li, hd)
     apply_rotary = backbone.apply_rotary(attn)
     _, keys = apply_rotary(keys, keys, cos, sin)
-    idx = index.merge_idx[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])  # (B, H_kv, L, hd)
-    merged_keys = torch.cat([text_keys, keys.to(text_keys.dtype)], dim=2).gather(2, idx)
-    merged_values = torch.cat([text_values, values.to(text_values.dtype)], dim=2).gather(2, idx)
+    merged_keys = index.merge(text_keys, keys.to(text_keys.dtype), dim=2)  # (B, H_kv, L, hd)
+    merged_values = index.merge(text_values, values.to(text_values.dtype), dim=2)
     return merged_keys, merged_values
 
 

@@ -63,3 +63,18 @@ def test_gather_merge_rebuilds_a_padded_multi_image_batch():
     full = torch.arange(3 * 7, dtype=torch.float32).reshape(3, 7, 1)
     text, image = gather_positions(full, index.text_idx), gather_positions(full, index.image_idx)
     assert torch.equal(merge_views(text, image, index), full)
+
+
+@pytest.mark.parametrize("rows, prefix_len", [
+    (["ttiiitt"], 5),  # up to and including the last image token
+    (["tiiitt", "ttiitt"], 4),  # the latest last image token of any sample
+    (["iiittt"], 3),
+    (["tttttt"], 0),  # no image: no side-branch prefix
+])
+def test_prefix_len_ends_at_the_last_image_token_of_any_sample(rows, prefix_len):
+    assert RoutingIndex.from_mask(_mask(rows)).prefix_len == prefix_len
+
+
+def test_a_sample_of_image_tokens_only_is_refused():
+    with pytest.raises(ValueError, match="image tokens only"):
+        RoutingIndex.from_mask(_mask(["tiit", "iiii"]))

@@ -61,11 +61,13 @@ class RoutingIndex:
         category = is_image.to(torch.int8) if valid is None else torch.where(valid, is_image.to(torch.int8), 2)
         n_image = is_image.sum(1)  # (B,)
         n_text = (category == 0).sum(1)
-        if bool((n_text == 0).any()):
+        # one device -> host read for the three sizes (each read waits for the device: on a GPU at batch 1
+        # these waits are what a prefill is made of)
+        no_text, max_text, max_image = torch.stack([(n_text == 0).any().long(), n_text.max(), n_image.max()]).tolist()
+        if no_text:
             raise ValueError("a sample consists of image tokens only; DPVR needs at least one text position per sample")
         # A stable sort puts the text positions first (in order), then the image positions (in order).
         order = torch.argsort(category, dim=1, stable=True)  # (B, L)
-        max_text, max_image = int(n_text.max()), int(n_image.max())
         slots_t = torch.arange(max_text, device=device)
         text_valid = slots_t[None, :] < n_text[:, None]
         last_text = order.gather(1, (n_text - 1)[:, None])  # (B, 1)
@@ -84,12 +86,15 @@ class RoutingIndex:
         merge_idx = torch.zeros(bsz, length + 1, dtype=torch.long, device=device)
         merge_idx.scatter_(1, target, torch.arange(slot_pos.shape[1], device=device).expand(bsz, -1).contiguous())
         merge_idx = merge_idx[:, :length]
-        prefix_len = int((torch.where(is_image, torch.arange(length, device=device), -1).max()) + 1) if max_image else 0
-        block = None
-        if max_image and max_text + max_image == length and bool(image_valid.all()) and bool(text_valid.all()):
-            start = image_idx[:1, :1]  # (1, 1)
-            if bool((image_idx == start + slots_i[None, :]).all()):
-                block = (int(start), max_image)
+        prefix_len, block = 0, None
+        if max_image:  # the second and last host read: the prefix end and whether the images are one shared run
+            last_image = torch.where(is_image, torch.arange(length, device=device), -1).max()
+            start = image_idx[0, 0]
+            shared_run = image_valid.all() & text_valid.all() & (image_idx == start + slots_i[None, :]).all()
+            last_image, start, shared_run = torch.stack([last_image, start, shared_run.long()]).tolist()
+            prefix_len = last_image + 1
+            if shared_run and max_text + max_image == length:
+                block = (start, max_image)
         return cls(text_idx, text_valid, image_idx, image_valid, merge_idx, prefix_len, block)
 
     def merge(self, text: torch.Tensor, image: torch.Tensor, dim: int) -> torch.Tensor:

@@ -61,8 +61,8 @@ class RoutingIndex:
         category = is_image.to(torch.int8) if valid is None else torch.where(valid, is_image.to(torch.int8), 2)
         n_image = is_image.sum(1)  # (B,)
         n_text = (category == 0).sum(1)
-        # one device -> host read for the three sizes (each read waits for the device: on a GPU at batch 1
-        # these waits are what a prefill is made of)
+        # one device -> host read for the three sizes (each read waits for the queued kernels, and such waits
+        # add up in a launch-bound GPU prefill)
         no_text, max_text, max_image = torch.stack([(n_text == 0).any().long(), n_text.max(), n_image.max()]).tolist()
         if no_text:
             raise ValueError("a sample consists of image tokens only; DPVR needs at least one text position per sample")

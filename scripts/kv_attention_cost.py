@@ -5,13 +5,14 @@
     python scripts/kv_attention_cost.py --device cuda --dtype bfloat16 --heads 32 --head-dim 128 --batch 8
 
 Text queries (Lt) attend to every key (L) up to their own original position. Per sample, the set of
-visible keys grows by one key per text query, except at an image, where it jumps by the image's
-length; a causal mask (``is_causal``, or a prefix length per query) grows by exactly one per query in
-any key order, so no reordering of keys turns this pattern into one: an explicit mask (or a kernel
-with per-query key lengths) is needed. This script times sdpa on that explicit mask (bool and additive),
-and, as lower bounds of what a mask-free kernel could give, a causal and an unmasked call of the same
-(Lt, L) size, plus the rest of a kv layer's extra work (image K/V projection, text+image K/V merge: by gather for any
-layout, by one concatenation when every sample's image is the same run of positions).
+visible keys grows by one key per text query, except at an image, where it jumps by its length, so no
+single causal call expresses it: in general an explicit mask is needed. When the image is one run of
+positions shared by the batch (one image, same layout, no padding), the engine splits the call in two
+mask-free ones instead (``dpvr.engine.kv_attention.KVSplitBias``: the text before the image causally over
+its own keys, the text after it over every key with a lower-right causal pattern). This script times sdpa
+on the explicit mask (bool and additive), on that split, and, as lower bounds, a causal and an unmasked call
+of the same (Lt, L) size, plus the rest of a kv layer's extra work (image K/V projection, text+image K/V
+merge: by gather for any layout, by one concatenation when every sample's image is the same run of positions).
 Timings: median and interquartile range of ``--repeats`` rounds after ``--warmup``; JSON to stdout.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from dpvr.engine.kv_attention import KVSplitBias
 
 
 def timed(fn, device, warmup, repeats):
@@ -66,6 +69,8 @@ def main() -> None:
     text_pos = torch.cat([torch.arange(args.system), torch.arange(args.system + li, length)]).to(device)
     allowed = (torch.arange(length, device=device)[None, :] <= text_pos[:, None])[None, None].expand(b, 1, lt, length)
     additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    split = KVSplitBias(args.system, li, lt, device=device)
+    assert torch.equal(split.materialize().expand_as(allowed), allowed)
     d = h * hd
     w_kv = torch.randn(2 * d, d, device=device, dtype=dtype) / d ** 0.5
     image_hidden = torch.randn(b, li, d, device=device, dtype=dtype)
@@ -74,8 +79,10 @@ def main() -> None:
     k_text = k[:, :, :lt]
     k_img = k[:, :, lt:]
     cases = {
-        "sdpa_bool_mask (what kv runs)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed),
-        "sdpa_additive_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=additive),
+        "sdpa_bool_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed),
+        "sdpa_additive_mask (what kv runs for other layouts)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=additive),
+        "sdpa_split_mask_free (what kv runs for one shared image run)": lambda: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=split),
         "sdpa_is_causal_same_size (lower bound, wrong pattern)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
         "sdpa_no_mask_same_size (lower bound, wrong pattern)": lambda: F.scaled_dot_product_attention(q, k, v),
         "image_kv_projection": lambda: image_hidden @ w_kv.T,

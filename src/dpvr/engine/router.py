@@ -50,6 +50,7 @@ from dpvr.backbones.base import project_kv, project_q
 from dpvr.engine.backbone import Backbone
 from dpvr.engine.cache import DPVRCache, ImageKVInjector, RoutedCache, RoutingState
 from dpvr.engine.index import RoutingIndex, gather_positions, merge_views
+from dpvr.engine.kv_attention import kv_attention_mask
 from dpvr.engine.side_branch import SideBranch
 
 
@@ -274,7 +275,7 @@ def _deep_setup(args: _LayerArgs, side, view: _View, prune: RoutingIndex | None,
             key_valid=full_key_valid,
             dtype=hidden.dtype,
             extras=args.extras,
-            default=lambda: _text_query_full_key_mask(
+            default=lambda: _kv_mask(
                 index, view.attention_mask, hidden.shape[1], hidden.dtype, backbone.text_config),
         )
     state.text_key_valid = text_key_valid
@@ -502,24 +503,13 @@ def _kept_view(args: _LayerArgs, view: _View, prune: RoutingIndex, layer_idx: in
 
 
 # ----------------------------------------------------------------------------- kv mode
-def _text_query_full_key_mask(index: RoutingIndex, attention_mask, length: int, dtype, text_config):
-    """Mask for text-view queries against full-view keys: key position <= query's original position.
-
-    Additive (0 / dtype min), built once per prefill and shared by every kv layer: sdpa would otherwise
-    convert a boolean mask on every call. It cannot be a causal (``is_causal`` / mask-free) pattern: a
-    text query's visible keys grow by one per query except at an image, where they jump by its length,
-    while a causal pattern grows by exactly one in any key order (scripts/kv_attention_cost.py measures
-    the masked kernel against mask-free ones of the same size).
-    """
+def _kv_mask(index: RoutingIndex, attention_mask, length: int, dtype, text_config):
+    """Mask for text-view queries against full-view keys (key position <= query's original position), once per
+    prefill for every kv layer: mask-free kernels where the layout allows (`dpvr.engine.kv_attention`)."""
     impl = text_config._attn_implementation
     if impl not in ("sdpa", "eager"):
         raise NotImplementedError(_KV_NEEDS_MASK.format(impl=impl))
-    keys = torch.arange(length, device=index.text_idx.device)
-    allowed = keys[None, None, :] <= index.text_idx[:, :, None]  # (B, Lt, L)
-    if attention_mask is not None:
-        allowed = allowed & attention_mask.bool()[:, None, :]
-    allowed = allowed[:, None]  # (B, 1, Lt, L)
-    return torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
+    return kv_attention_mask(index, attention_mask, length, dtype, impl)
 
 
 def check_attention(plan: ResolvedPlan, text_config) -> None:

@@ -105,6 +105,21 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
             if cache.prefilled:
                 return self._static_decode(input_ids, attention_mask, position_ids, cache, logits_to_keep, kwargs)
             cache.prompt_attention_mask = attention_mask
+        prefill_fn = getattr(self, "_prefill_fn", None)
+        if prefill_fn is None or (cache is not None and cache.get_seq_length() > 0):
+            prefill_fn = self._forward
+        graphs = prefill_fn is not self._forward and getattr(self, "_prefill_graphs", False) and (
+            input_ids is not None and input_ids.is_cuda)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = prefill_fn(input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
+                         logits_to_keep, prompt_len, **kwargs)
+        if graphs:
+            out.logits = out.logits.clone()  # a CUDA-graph output is overwritten by the next replay
+        return out
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
+                 logits_to_keep, prompt_len, **kwargs) -> CausalLMOutputWithPast:
         if not self.plan.routed:
             return self.base(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
@@ -153,6 +168,26 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
         options.setdefault("dynamic", False)
         self._decode_fn = torch.compile(decode_step, mode=mode, backend=backend, **options)
         self._decode_graphs = mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs"
+        return self
+
+    def compile_prefill(self, mode: str | None = None, backend: str = "inductor", **options) -> "DPVRModel":
+        """``torch.compile`` every forward call whose cache is empty: the prefill (and no-cache forwards).
+
+        The routed pass reads the prompt's layout from the device before its first layer (where the
+        images are, whether anything is padded), so the compiled prefill is a few graphs: those reads
+        break it, and the whole decoder stack after them is one graph — what ``mode="reduce-overhead"``
+        replays as one CUDA graph on a GPU, where an eager batch-1 prefill is bound by kernel launches.
+        Shapes are fixed (``dynamic=False``): one compilation per prompt shape. Decode steps stay as they
+        were (``compile_decode`` compiles those). Under CUDA graphs the prompt's cache lives in the graph's
+        memory and is overwritten by the next prefill: decode it before prefilling another prompt, as
+        ``generate`` does. ``compile_prefill(backend=None)`` undoes it.
+        """
+        if backend is None:
+            self._prefill_fn, self._prefill_graphs = None, False
+            return self
+        options.setdefault("dynamic", False)
+        self._prefill_fn = torch.compile(self._forward, mode=mode, backend=backend, **options)
+        self._prefill_graphs = mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs"
         return self
 
     def _static_decode(self, input_ids, attention_mask, position_ids, cache: DPVRStaticCache, logits_to_keep, kwargs):

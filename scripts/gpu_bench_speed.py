@@ -11,9 +11,11 @@ transformers (5.24) and dpvr. Writes into OUT:
   and 64 at 128 text tokens (``dpvr.efficiency.decode``: 3 warm-ups, 10 interleaved rounds, IQR);
 * ``prefill.json``: prefill of vanilla, LF and kv at batch 1 and 8, 64-512 text tokens, paired ratios
   and the share of the analytic saving realised (``dpvr.efficiency.latency``);
+* ``prefill_compiled.json``: the same at batch 1 (128 and 512 text tokens), eager and with the prefill
+  compiled (``DPVRModel.compile_prefill``, the decode step's backend), each against vanilla alike;
 * ``equality.json``: greedy tokens of compiled decode vs eager decode (static cache) vs the dynamic
-  cache, LF and vanilla, batch 8; ``kv_attention.json``: the kv layer's masked attention against
-  mask-free kernels of the same size (scripts/kv_attention_cost.py);
+  cache, LF and vanilla, batch 8; ``kv_attention.json``: the kv layer's attention with its explicit
+  mask, as the engine's mask-free split, and mask-free kernels of the same size (scripts/kv_attention_cost.py);
 * ``summary.txt``: the ratios against the issue's targets, one line each.
 Each part is written as soon as it is done, so a run cut short keeps what it finished.
 """
@@ -88,7 +90,7 @@ def main() -> int:
     p.add_argument("--backend", default="cudagraphs",
                    help="torch.compile backend of the decode step: cudagraphs (CUDA graphs of the eager kernels, "
                         "compiles in seconds; default) or inductor (mode reduce-overhead; longer compile)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: decode,prefill,equality,kv")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: decode,prefill,prefill-compiled,equality,kv")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +153,22 @@ def main() -> int:
             else:
                 summary.append(_line(what, ratio, iqr, None, "", extra))
 
+    if "prefill-compiled" not in skip:  # batch 1, where eager prefill is bound by kernel launches
+        rep = measure_latency(shape, ["lf", "kv"], LatencySettings(
+            text_tokens=[128, 512] if cuda else [16], batch_sizes=[1], new_tokens=0, warmup=3, repeats=10,
+            dtype=dtype_name, device=args.device, threads=threads, attn="sdpa", measure_memory=False,
+            compile="both", compile_backend=backend, compile_mode=mode), progress=False, model=base)
+        write_json_atomic(out / "prefill_compiled.json", rep)
+        log("prefill, compiled\n" + format_latency_table(rep))
+        for r in rep["results"]:
+            if not r["compiled"]:
+                continue
+            what = f"{r['label']}/vanilla [compiled] prefill, batch 1, {r['text_tokens']} text"
+            extra = (f"analytic {r['analytic']['prefill_whole_ratio']:.3f}; compiled/eager {_num(r.get('compiled_over_eager'))}"
+                     f"; compiles while timed {r['compiles_while_timed']}")
+            target = TARGETS["prefill_b1_t128"] if r["method"] == "lf" and r["text_tokens"] == (128 if cuda else 16) else None
+            summary.append(_line(what, r["ratios"]["prefill"], r["ratios"]["prefill_p25_p75"], target, "<=", extra))
+
     if "equality" not in skip:
         rep = equality(base, cfg, device, dtype, batch=8 if cuda else 2, text=128 if cuda else 16,
                        new_tokens=16 if cuda else 4, backend=backend, mode=mode)
@@ -171,12 +189,13 @@ def main() -> int:
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         kv = json.loads(res.stdout)
         write_json_atomic(out / "kv_attention.json", kv)
-        c = kv["cases"]
-        summary.append("kv attention at batch {b}: explicit mask {m:.3f} ms vs mask-free same size {n:.3f} ms; merge "
-                       "{g:.3f} ms; image K/V projection {p:.3f} ms".format(
-                           b=kv["batch"], m=c["sdpa_additive_mask"]["median_ms"],
-                           n=c["sdpa_no_mask_same_size (lower bound, wrong pattern)"]["median_ms"],
-                           g=c["kv_merge_cat_gather (K and V)"]["median_ms"], p=c["image_kv_projection"]["median_ms"]))
+        c = {name.split(" ")[0]: v["median_ms"] for name, v in kv["cases"].items()}  # case names carry notes after a space
+        summary.append("kv attention at batch {b}: explicit mask {m:.3f} ms, split mask-free (what kv runs for one "
+                       "shared image run) {sp:.3f} ms, mask-free same size {n:.3f} ms; merge by gather {g:.3f} ms, "
+                       "by concatenation {cat:.3f} ms; image K/V projection {p:.3f} ms".format(
+                           b=kv["batch"], m=c["sdpa_additive_mask"], sp=c["sdpa_split_mask_free"],
+                           n=c["sdpa_no_mask_same_size"], g=c["kv_merge_cat_gather"], cat=c["kv_merge_cat"],
+                           p=c["image_kv_projection"]))
 
     text = f"{shape} {dtype_name} sdpa on {torch.cuda.get_device_name(0) if cuda else 'cpu'}; compile backend {backend}\n"
     text += "\n".join(summary) + f"\ntotal {time.time() - t0:.0f}s\n"
@@ -185,6 +204,10 @@ def main() -> int:
     tmp.replace(out / "summary.txt")
     print(text)
     return 0
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _pct(x) -> str:

@@ -79,3 +79,38 @@ def test_bench_latency_cuda_tiny(tmp_path):
     assert report["timing_method"] == "CUDA events" and "max_memory_allocated" in report["memory_method"]
     for r in report["results"]:
         assert r["kv_cache_bytes"] == r["analytic"]["kv_cache_bytes"] and r["peak_prefill_bytes"] > 0
+
+
+@needs_engine
+def test_bench_latency_compiled_prefill_rows():
+    """--compile both: each method also runs with its prefill compiled, paired with vanilla compiled the same way
+    and with its own eager twin; no compilation inside a timed round after the untimed compile rounds."""
+    from dpvr.efficiency.latency import LatencySettings, format_latency_table, measure_latency
+
+    torch._dynamo.reset()
+    s = LatencySettings(text_tokens=[8], batch_sizes=[1], new_tokens=1, warmup=0, repeats=2, threads=1,
+                        measure_memory=False, compile="both", compile_backend="eager")
+    report = measure_latency("tiny", ["lf"], s, progress=False)
+    rows = {r["label"]: r for r in report["results"]}
+    assert set(rows) == {"vanilla", "vanilla [compiled]", "lf(s=2,K=1,D=1)", "lf(s=2,K=1,D=1) [compiled]"}
+    for label, r in rows.items():
+        compiled = label.endswith("[compiled]")
+        assert r["compiled"] is compiled and r["prefill_s"]["n"] == 2
+        assert (r.get("compiles_while_timed") == 0) if compiled else ("compiles_while_timed" not in r)
+        assert (r.get("compiled_over_eager") is not None) is compiled
+        # the same method, compiled or not, holds the same cache and has the same analytic ratios
+        assert r["analytic"] == rows[r["method_label"]]["analytic"]
+        assert r["kv_cache_bytes"] == rows[r["method_label"]]["kv_cache_bytes"]
+    assert rows["vanilla [compiled]"]["ratios"]["prefill"] == 1.0
+    assert "cmp/eager" in format_latency_table(report)
+
+
+def test_compile_room_raises_dynamos_limit_inside_only():
+    from dpvr.efficiency.compiling import compile_room
+
+    before = torch._dynamo.config.recompile_limit
+    with compile_room(before + 50) as limit:
+        assert torch._dynamo.config.recompile_limit == limit == before + 50
+    assert torch._dynamo.config.recompile_limit == before
+    with compile_room(1) as limit:  # never lowered
+        assert limit == before

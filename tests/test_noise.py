@@ -51,3 +51,10 @@ def test_decode_bench_ratios_are_judged_too():
     assert verdict["noisy"] and "vanilla [compiled] compiled/eager" in verdict["reasons"][0]
     verdict = assess(_decode_report([0.88, 0.92], vs_vanilla_quartiles=(0.7, 1.2)))
     assert verdict["noisy"] and "lf [compiled] decode" in verdict["reasons"][0]
+
+
+def test_a_compilation_inside_timed_rounds_is_flagged():
+    report = _decode_report([0.88, 0.92])
+    report["results"][2]["compiles_while_timed"] = 1
+    verdict = assess(report)
+    assert verdict["noisy"] and "lf [compiled] (batch 1)" in verdict["reasons"][0] and "compiler" in verdict["reasons"][0]

@@ -5,6 +5,7 @@
     dpvr bench flops --shape all --text-tokens 128      # LF's saving on every bundled shape
     dpvr bench latency --config cpu-mid --threads 2 --text-tokens 64,128 --out runs/bench/cpu-mid
     dpvr bench latency --config llava-1.5-7b --device cuda --dtype bf16 --batch-sizes 1,8
+    dpvr bench latency --config llava-1.5-7b --device cuda --dtype bf16 --methods lf,kv --compile both
     dpvr bench latency --decode --config llava-1.5-7b --device cuda --batch-sizes 1,8,32,64 --repeats 10 --warmup 3
     dpvr bench train --config cpu-mid --methods lf,pc,kv,lora16,full
     dpvr bench serve --config cpu-mid --methods vanilla,lf        (in the serve venv: vLLM)
@@ -118,10 +119,11 @@ def add_parser(subparsers) -> None:
     lat.add_argument("--decode", action="store_true",
                      help="decode throughput instead: static per-layer caches, ms/token and tokens/s with their "
                           "spread, eager and compiled (writes latency-decode.json; --repeats >= 10, --warmup >= 3)")
-    lat.add_argument("--compile", choices=["eager", "compiled", "both"], default="both",
-                     help="--decode: time the eager step, the torch.compile'd one, or both (default both)")
+    lat.add_argument("--compile", choices=["eager", "compiled", "both"], default=None,
+                     help="time eager, torch.compile'd (the decode step with --decode, else the prefill: "
+                          "DPVRModel.compile_prefill) or both (default: both with --decode, eager for prefill)")
     lat.add_argument("--compile-mode", default=None,
-                     help="--decode: torch.compile mode (when not given: reduce-overhead on CUDA, torch's own on CPU)")
+                     help="torch.compile mode (when not given: reduce-overhead on CUDA, torch's own on CPU)")
     _measure_args(lat)
     lat.set_defaults(func=run_latency)
 
@@ -271,7 +273,8 @@ def run_decode(args: argparse.Namespace) -> int:
     try:
         settings = DecodeSettings(
             batch_sizes=args.batch_sizes, text_tokens=args.text_tokens, new_tokens=args.new_tokens,
-            system_tokens=args.system_tokens, layout=args.layout, warmup=args.warmup, repeats=args.repeats, compile=args.compile,
+            system_tokens=args.system_tokens, layout=args.layout, warmup=args.warmup, repeats=args.repeats,
+            compile=args.compile or "both",
             compile_mode=args.compile_mode, dtype=dtype, device=device, threads=args.threads,
             attn=args.attn_implementation, seed=args.seed, clock=args.clock, split=args.split,
             num_fusion_layers=args.num_fusion_layers, fusion_layers=args.fusion_layers, side_depth=args.side_depth,
@@ -311,13 +314,15 @@ def run_latency(args: argparse.Namespace) -> int:
         measure_memory=not args.no_memory,
         clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers,
         fusion_layers=args.fusion_layers, side_depth=args.side_depth, fastv_k=args.fastv_k,
-        fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k)
+        fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k, compile=args.compile or "eager", compile_mode=args.compile_mode)
     report = measure_latency(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype} on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
-          f"timing: {report['timing_method']}; memory: {report['memory_method']}")
+          f"timing: {report['timing_method']}; memory: {report['memory_method']}"
+          + (f"; compile mode: {report['settings']['compile_mode']}" if settings.compile != "eager" else ""))
     print(format_latency_table(report))
-    print("ratios are paired medians against vanilla from the same rounds; 'analytic' is the whole-model ratio; "
-          "'share' = measured prefill saving / analytic saving.")
+    print("ratios are paired medians against vanilla (with the same compile setting) from the same rounds; 'analytic' "
+          "is the whole-model ratio; 'share' = measured prefill saving / analytic saving; cmp/eager: compiled prefill "
+          "over eager, paired.")
     report["noise"] = assess(report)
     if report["noise"]["noisy"]:
         print("WARNING: latency ratios too noisy to read: " + "; ".join(report["noise"]["reasons"])

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dpvr.efficiency.compiling import compile_room, frames_compiled
 from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
 from dpvr.efficiency.latency import (bench_setup, CLOCKS, DTYPES, Timer, build_random_model, load_average,
                                      make_inputs, summarise, timing_method)
@@ -154,23 +155,31 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     bar = tqdm(total=total, desc="bench decode", unit="run", disable=not progress)
     timer = Timer(device, s.clock)
     load_before = load_average()
-    with torch.inference_mode():
+    room = 4 * len(entries) * len(s.batch_sizes) * len(s.text_tokens)  # dynamo cache entries per function, with slack
+    with torch.inference_mode(), compile_room(room):
         for batch in s.batch_sizes:
             for t in s.text_tokens:
                 inputs = make_inputs(cfg, batch, _system(s), t, s.new_tokens, dtype, device, s.seed, layout)
                 for e in entries:
                     e.prefill(inputs, s.new_tokens)
                 per_token = {e.label: [] for e in entries}
+                compiles = {e.label: 0 for e in entries}  # timed rounds in which an entry's step (re)compiled
                 for rnd in range(s.warmup + s.repeats):
                     shift = rnd % len(entries)
                     for e in entries[shift:] + entries[:shift]:
+                        frames = frames_compiled()
                         _, sec = timer(e.decode, inputs["decode_tokens"][:, : s.new_tokens])
                         if rnd >= s.warmup:
                             per_token[e.label].append(sec / s.new_tokens)
+                            compiles[e.label] += int(frames_compiled() != frames)
                         bar.update()
                 analytic = {r["label"]: r for r in compare(dims, methods, [t], _system(s), 1, batch, s.new_tokens,
                                                            torch.empty((), dtype=dtype).element_size(), layout=layout)}
-                results.extend(_rows(entries, per_token, analytic, batch, t, int(inputs["input_ids"].shape[1])))
+                rows = _rows(entries, per_token, analytic, batch, t, int(inputs["input_ids"].shape[1]))
+                for row in rows:
+                    if row["compiled"]:
+                        row["compiles_while_timed"] = compiles[row["label"]]
+                results.extend(rows)
                 for e in entries:
                     e.cache = None
     bar.close()

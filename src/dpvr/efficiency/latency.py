@@ -18,6 +18,12 @@ How it measures (SPEC §9):
 * ratios to vanilla are taken within a round (paired) and summarised by their median and
   quartiles, next to the analytic ratios of :mod:`dpvr.efficiency.flops` for the same layout
   (whole model: the measured forward includes the vision tower, projector and last-position lm_head);
+* ``compile="both"`` (or ``"compiled"``): each method also runs with its prefill compiled
+  (``DPVRModel.compile_prefill``; vanilla as a wrapper calling the base model, compiled the same way),
+  labelled ``"<method> [compiled]"``, paired with vanilla compiled and with its eager twin
+  (``compiled_over_eager``); two untimed rounds per layout compile every method first, and timed rounds
+  in which an entry still compiled are counted (``compiles_while_timed``, flagged by
+  :mod:`dpvr.efficiency.noise`);
 * peak memory of prefill: :mod:`dpvr.efficiency.memory` (exact allocator peak on GPU, a dispatch-
   level live-tensor tracker on CPU, in a separate untimed pass); KV-cache bytes: the sum of the
   key/value tensors the cache holds after prefill.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -45,6 +52,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, PretrainedConfig
 
+from dpvr.efficiency.compiling import compile_room, frames_compiled
 from dpvr.efficiency.flops import ShapeDims, compare
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.methods import METHODS, Method, make_methods
@@ -52,6 +60,8 @@ from dpvr.efficiency.report import machine_info
 from dpvr.shapes import default_split, load_shape_config, shape_name
 from dpvr.shapes.layout import prompt_layout
 
+COMPILE_CHOICES = ("eager", "compiled", "both")
+COMPILE_ROUNDS = 2  # untimed prefill rounds per layout before the warm-up, when a prefill is compiled
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -248,8 +258,13 @@ class LatencySettings:
     fastv_k: int = 2
     fastv_ratio: float = 0.5
     vtw_k: int | None = None  # default: the split
+    compile: str = "eager"  # prefill: "eager", "compiled" (DPVRModel.compile_prefill) or "both"
+    compile_mode: str | None = None  # None: "reduce-overhead" on CUDA (CUDA graphs), torch's default elsewhere
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"unknown compile {self.compile!r}: choose one of {', '.join(COMPILE_CHOICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.repeats < 1 or self.warmup < 0 or self.new_tokens < 0:
@@ -303,7 +318,9 @@ def measure_latency(
     layout = prompt_layout(cfg, s.layout, system_tokens=s.system_tokens)
     dims = ShapeDims.from_config(cfg, layout)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
-    runners: dict[str, ModelRunner] = {}
+    mode = s.compile_mode if s.compile_mode is not None else (
+        "reduce-overhead" if device.type == "cuda" and s.compile_backend == "inductor" else None)
+    entries: list[_Entry] = []
     skipped = []
     for m in methods:
         builder = MODEL_BUILDERS.get(m.name)
@@ -312,25 +329,31 @@ def measure_latency(
                                                         "(dpvr.efficiency.latency.MODEL_BUILDERS)"})
             continue
         try:
-            runners[m.label] = ModelRunner(builder(base, m))
+            if s.compile in ("eager", "both"):
+                entries.append(_Entry(m, m.label, ModelRunner(builder(base, m)), compiled=False))
+            if s.compile in ("compiled", "both"):
+                entries.append(_Entry(m, f"{m.label} [compiled]", ModelRunner(_compiled_prefill(base, m, builder, mode,
+                                                                                                 s.compile_backend)),
+                                      compiled=True))
         except (NotImplementedError, ValueError) as err:  # e.g. a family the engine does not route yet
             skipped.append({"method": m.name, "reason": str(err).splitlines()[0]})
-    active = [m for m in methods if m.label in runners]
 
     results = []
     load_before = load_average()
-    rounds = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats + int(s.measure_memory)) * len(active)
+    rounds = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats + int(s.measure_memory)) * len(entries)
     bar = tqdm(total=rounds, desc="bench latency", unit="run", disable=not progress)
+    room = 4 * len(entries) * len(s.batch_sizes) * len(s.text_tokens)  # dynamo cache entries per function, with slack
     for batch in s.batch_sizes:
         for t in s.text_tokens:
             inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed, layout)
-            results.extend(_measure_layout(active, runners, inputs, s, device, bar, batch, t))
+            with compile_room(room) if s.compile != "eager" else nullcontext():
+                results.extend(_measure_layout(entries, inputs, s, device, bar, batch, t))
             analytic = compare(dims, methods, [t], batch=batch, new_tokens=max(s.new_tokens, 1),
                                dtype_bytes=torch.empty((), dtype=dtype).element_size(), layout=layout)
             by_label = {r["label"]: r for r in analytic}
             for r in results:
                 if r["batch"] == batch and r["text_tokens"] == t:
-                    a = by_label[r["label"]]
+                    a = by_label[r["method_label"]]
                     r["analytic"] = {k: a[k] for k in ("prefill_lm_ratio", "prefill_whole_ratio",
                                                        "decode_per_token_ratio", "kv_cache_bytes_ratio",
                                                        "prefill_whole", "decode_per_token", "kv_cache_bytes")}
@@ -342,7 +365,7 @@ def measure_latency(
         "kind": "latency",
         "shape": shape_name(cfg),
         "dims": asdict(dims),
-        "settings": asdict(s) | {"split": split},
+        "settings": asdict(s) | {"split": split, "compile_mode": mode},
         "methods": [{"name": m.name, "label": m.label, "dpvr": m.dpvr.to_dict() if m.dpvr else None,
                      "options": m.options} for m in methods],
         "skipped": skipped,
@@ -361,58 +384,107 @@ def load_average() -> list[float] | None:
         return None
 
 
-def _measure_layout(methods, runners, inputs, s: LatencySettings, device, bar, batch, t) -> list[dict]:
+@dataclass
+class _Entry:
+    """One timed thing: a method's model, eager or with its prefill compiled."""
+
+    method: Method
+    label: str
+    runner: ModelRunner
+    compiled: bool
+
+
+def _compiled_prefill(base, method: Method, builder, mode: str | None, backend: str) -> torch.nn.Module:
+    """The method's model with ``DPVRModel.compile_prefill``; vanilla as a wrapper that calls the base model (its
+    outputs are the base model's, bit for bit), so that its prefill is compiled the same way."""
+    if method.name == "vanilla":
+        from dpvr import DPVRConfig, get_dpvr_model
+
+        model = get_dpvr_model(base, DPVRConfig(variant="vanilla")).eval()
+    else:
+        model = builder(base, method)
+    if not hasattr(model, "compile_prefill"):
+        raise NotImplementedError(f"{method.label}: its model has no compile_prefill")
+    return model.compile_prefill(mode=mode, backend=backend)
+
+
+def _paired(values: dict, label: str, ref: str) -> tuple[float | None, list[float] | None]:
+    ratios = [a / b for a, b in zip(values[label], values[ref]) if b > 0]
+    if not ratios:
+        return None, None
+    return statistics.median(ratios), [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))]
+
+
+def _measure_layout(entries: list[_Entry], inputs, s: LatencySettings, device, bar, batch, t) -> list[dict]:
     timer = Timer(device, s.clock)
-    prefill = {m.label: [] for m in methods}
-    decode = {m.label: [] for m in methods}
+    prefill = {e.label: [] for e in entries}
+    decode = {e.label: [] for e in entries}
     cache_bytes, peak = {}, {}
+    compiles = {e.label: 0 for e in entries}  # timed rounds in which an entry's prefill (re)compiled
     with torch.inference_mode():
+        if any(e.compiled for e in entries):
+            # compile rounds, untimed: every method's prefill traced at this shape, in the rotation's orders
+            # (methods share dynamo's per-function caches, so one method's entries can send another back
+            # to the compiler once)
+            for rnd in range(COMPILE_ROUNDS):
+                shift = rnd % len(entries)
+                for e in entries[shift:] + entries[:shift]:
+                    e.runner.prefill(inputs)
         for rnd in range(s.warmup + s.repeats):
-            shift = rnd % len(methods)
-            for m in methods[shift:] + methods[:shift]:  # rotate the order every round
-                runner = runners[m.label]
-                cache, t_pre = timer(runner.prefill, inputs)
-                cache_bytes[m.label] = cache_nbytes(cache)
+            shift = rnd % len(entries)
+            for e in entries[shift:] + entries[:shift]:  # rotate the order every round
+                frames = frames_compiled()
+                cache, t_pre = timer(e.runner.prefill, inputs)
+                if rnd >= s.warmup and frames_compiled() != frames:
+                    compiles[e.label] += 1
+                cache_bytes[e.label] = cache_nbytes(cache)
                 t_dec = 0.0
                 if s.new_tokens:
-                    _, t_dec = timer(runner.decode, cache, inputs, s.new_tokens)
+                    _, t_dec = timer(e.runner.decode, cache, inputs, s.new_tokens)
                 del cache
                 if rnd >= s.warmup:
-                    prefill[m.label].append(t_pre)
-                    decode[m.label].append(t_dec / max(s.new_tokens, 1))
+                    prefill[e.label].append(t_pre)
+                    decode[e.label].append(t_dec / max(s.new_tokens, 1))
                 bar.update()
         if s.measure_memory:
-            for m in methods:
+            for e in entries:
                 with track_peak(device) as mem:
-                    cache = runners[m.label].prefill(inputs)
+                    cache = e.runner.prefill(inputs)
                 del cache
-                peak[m.label] = mem["peak_bytes"]
+                peak[e.label] = mem["peak_bytes"]
                 bar.update()
-    ref = methods[0].label
     rows = []
-    for m in methods:
-        paired = [a / b for a, b in zip(prefill[m.label], prefill[ref])]
-        paired_dec = [a / b for a, b in zip(decode[m.label], decode[ref]) if b > 0]
+    for e in entries:
+        # the reference: vanilla with the same compile setting; a compiled entry is also paired with its eager twin
+        ref = next(x.label for x in entries if x.method.name == "vanilla" and x.compiled == e.compiled)
+        twin = next((x.label for x in entries if x.compiled is False and x.method.label == e.method.label), None)
+        pre, pre_q = _paired(prefill, e.label, ref)
+        dec, dec_q = _paired(decode, e.label, ref) if s.new_tokens else (None, None)
         row = {
-            "method": m.name,
-            "label": m.label,
+            "method": e.method.name,
+            "label": e.label,
+            "method_label": e.method.label,
+            "compiled": e.compiled,
             "batch": batch,
             "text_tokens": t,
             "prompt_tokens": int(inputs["input_ids"].shape[1]),
-            "prefill_s": summarise(prefill[m.label]),
-            "decode_s_per_token": summarise(decode[m.label]) if s.new_tokens else None,
-            "kv_cache_bytes": cache_bytes[m.label],
-            "peak_prefill_bytes": peak.get(m.label),
+            "prefill_s": summarise(prefill[e.label]),
+            "decode_s_per_token": summarise(decode[e.label]) if s.new_tokens else None,
+            "kv_cache_bytes": cache_bytes[e.label],
+            "peak_prefill_bytes": peak.get(e.label),
             "ratios": {
-                "prefill": statistics.median(paired),
-                "prefill_p25_p75": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))],
-                "decode": statistics.median(paired_dec) if paired_dec else None,
-                "decode_p25_p75": [float(np.percentile(paired_dec, 25)), float(np.percentile(paired_dec, 75))]
-                if paired_dec else None,
-                "kv_cache": cache_bytes[m.label] / cache_bytes[ref] if cache_bytes[ref] else None,
-                "peak_prefill": peak[m.label] / peak[ref] if peak.get(ref) else None,
+                "prefill": pre,
+                "prefill_p25_p75": pre_q,
+                "decode": dec,
+                "decode_p25_p75": dec_q,
+                "kv_cache": cache_bytes[e.label] / cache_bytes[ref] if cache_bytes[ref] else None,
+                "peak_prefill": peak[e.label] / peak[ref] if peak.get(ref) else None,
             },
         }
+        if e.compiled:
+            row["compiles_while_timed"] = compiles[e.label]
+            if twin is not None:  # compiled prefill over the eager one, paired within rounds
+                row["compiled_over_eager"], row["compiled_over_eager_p25_p75"] = _paired(prefill, e.label, twin)
         rows.append(row)
     return rows
 
@@ -425,7 +497,7 @@ def format_latency_table(report: dict) -> str:
     """A plain-text table of a :func:`measure_latency` report."""
     head = (f"{'batch':>5} {'text':>5} {'method':<28} {'prefill ms':>10} {'ratio':>6} {'analytic':>8} {'share':>6} "
             f"{'decode ms/tok':>13} {'ratio':>6} {'analytic':>8} {'peak MiB':>9} {'ratio':>6} {'KV MiB':>7} {'ratio':>6} "
-            f"{'analytic':>8}")
+            f"{'analytic':>8} {'cmp/eager':>9}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         ra, an = r["ratios"], r.get("analytic", {})
@@ -438,7 +510,7 @@ def format_latency_table(report: dict) -> str:
             f"{_fmt(an.get('decode_per_token_ratio'), '.3f'):>8} "
             f"{_fmt(r['peak_prefill_bytes'], '.1f', 2**-20):>9} {_fmt(ra['peak_prefill'], '.3f'):>6} "
             f"{_fmt(r['kv_cache_bytes'], '.1f', 2**-20):>7} {_fmt(ra['kv_cache'], '.3f'):>6} "
-            f"{_fmt(an.get('kv_cache_bytes_ratio'), '.3f'):>8}"
+            f"{_fmt(an.get('kv_cache_bytes_ratio'), '.3f'):>8} {_fmt(r.get('compiled_over_eager'), '.3f'):>9}"
         )
     for sk in report.get("skipped", []):
         lines.append(f"skipped {sk['method']}: {sk['reason']}")

@@ -11,7 +11,9 @@ step against its eager twin) with its quartiles. A ratio is flagged when:
   another process took the CPU in some of them, or the work is too short to time);
 - it comes from fewer than `MIN_REPEATS` timed rounds (no spread to judge it by);
 - with wall-clock timing, the machine's 1-minute load average during the measurement exceeded its
-  CPU count (other processes competed for the cores; CPU-time timing counts only this process).
+  CPU count (other processes competed for the cores; CPU-time timing counts only this process);
+- a compiled entry compiled again inside a timed round (``compiles_while_timed``): its time includes
+  the compiler's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def assess(report: dict) -> dict:
                        "of its median)")
     if repeats is not None and repeats < MIN_REPEATS:
         reasons.append(f"only {repeats} timed round(s): no spread to judge the ratios by (use {MIN_REPEATS}+)")
+    recompiled = [f"{r.get('label')} (batch {r.get('batch')})" for r in report.get("results", [])
+                  if r.get("compiles_while_timed")]
+    if recompiled:
+        reasons.append(f"{len(recompiled)} compiled entr{'y' if len(recompiled) == 1 else 'ies'} compiled again inside "
+                       f"timed rounds ({', '.join(recompiled[:3])}{', ...' if len(recompiled) > 3 else ''}): the "
+                       "compiler's time is in their ratios (use more --warmup)")
     load = report.get("load") or {}
     cpus = (report.get("machine") or {}).get("cpu_count") or 0
     peak = max([(load.get(k) or [0])[0] for k in ("before", "after")] + [0])

@@ -22,6 +22,7 @@ a table and writes ``<mode>.json`` and ``<mode>.png`` to ``--out``. Thin over
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from dpvr.cli.help import hidden_alias
@@ -315,6 +316,10 @@ def run_latency(args: argparse.Namespace) -> int:
         clock=args.clock, split=args.split, num_fusion_layers=args.num_fusion_layers,
         fusion_layers=args.fusion_layers, side_depth=args.side_depth, fastv_k=args.fastv_k,
         fastv_ratio=args.fastv_ratio, vtw_k=args.vtw_k, compile=args.compile or "eager", compile_mode=args.compile_mode)
+    if settings.compile != "eager":
+        # dynamo's one-time advice to capture Tensor.item() in the graph (40 lines with a stack): the compiled
+        # prefill breaks at the prompt-layout reads by design (DPVRModel.compile_prefill)
+        logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
     report = measure_latency(_default_config(args, device), args.methods, settings, progress=not args.quiet)
     print(f"{report['shape']} {dtype} on {report['machine'].get('gpu') or report['machine'].get('cpu_model', device)}; "
           f"timing: {report['timing_method']}; memory: {report['memory_method']}"

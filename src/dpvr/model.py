@@ -105,15 +105,15 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
             if cache.prefilled:
                 return self._static_decode(input_ids, attention_mask, position_ids, cache, logits_to_keep, kwargs)
             cache.prompt_attention_mask = attention_mask
-        prefill_fn = getattr(self, "_prefill_fn", None)
-        if prefill_fn is None or (cache is not None and cache.get_seq_length() > 0):
-            prefill_fn = self._forward
-        graphs = prefill_fn is not self._forward and getattr(self, "_prefill_graphs", False) and (
+        compiled = getattr(self, "_prefill_fn", None)
+        if cache is not None and cache.get_seq_length() > 0:
+            compiled = None  # a decode step: compile_prefill leaves it eager
+        graphs = compiled is not None and getattr(self, "_prefill_graphs", False) and (
             input_ids is not None and input_ids.is_cuda)
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        out = prefill_fn(input_ids, attention_mask, position_ids, cache, inputs_embeds, labels, use_cache,
-                         logits_to_keep, prompt_len, **kwargs)
+        out = (compiled or self._forward)(input_ids, attention_mask, position_ids, cache, inputs_embeds, labels,
+                                          use_cache, logits_to_keep, prompt_len, **kwargs)
         if graphs:
             out.logits = out.logits.clone()  # a CUDA-graph output is overwritten by the next replay
         return out
@@ -162,12 +162,7 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
         graphs of the eager kernels, without inductor's code generation, so it compiles in seconds). Shapes are fixed
         (``dynamic=False``): one compilation per batch size. ``compile_decode(backend=None)`` undoes it.
         """
-        if backend is None:
-            self._decode_fn, self._decode_graphs = None, False
-            return self
-        options.setdefault("dynamic", False)
-        self._decode_fn = torch.compile(decode_step, mode=mode, backend=backend, **options)
-        self._decode_graphs = mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs"
+        self._decode_fn, self._decode_graphs = _compiled(decode_step, mode, backend, options)
         return self
 
     def compile_prefill(self, mode: str | None = None, backend: str = "inductor", **options) -> "DPVRModel":
@@ -182,12 +177,7 @@ class DPVRModel(PreTrainedModel, GenerationMixin):
         memory and is overwritten by the next prefill: decode it before prefilling another prompt, as
         ``generate`` does. ``compile_prefill(backend=None)`` undoes it.
         """
-        if backend is None:
-            self._prefill_fn, self._prefill_graphs = None, False
-            return self
-        options.setdefault("dynamic", False)
-        self._prefill_fn = torch.compile(self._forward, mode=mode, backend=backend, **options)
-        self._prefill_graphs = mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs"
+        self._prefill_fn, self._prefill_graphs = _compiled(self._forward, mode, backend, options)
         return self
 
     def _static_decode(self, input_ids, attention_mask, position_ids, cache: DPVRStaticCache, logits_to_keep, kwargs):
@@ -280,3 +270,11 @@ def get_dpvr_model(base: nn.Module, config: DPVRConfig) -> DPVRModel:
     if isinstance(base, DPVRModel):
         raise TypeError("this model is already wrapped by dpvr; pass its .base to wrap it again")
     return DPVRModel(base, config)
+
+
+def _compiled(fn, mode: str | None, backend, options: dict):
+    """(``torch.compile`` of ``fn`` with fixed shapes, whether it replays CUDA graphs); ``backend=None``: (None, False)."""
+    if backend is None:
+        return None, False
+    return (torch.compile(fn, mode=mode, backend=backend, **{"dynamic": False, **options}),
+            mode in ("reduce-overhead", "max-autotune") or backend == "cudagraphs")

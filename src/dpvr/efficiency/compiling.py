@@ -28,3 +28,17 @@ def frames_compiled() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["frames"]["total"])
+
+
+def default_mode(device, backend: str, mode: str | None) -> str | None:
+    """The compile mode a bench uses: ``mode`` if given, else ``reduce-overhead`` (CUDA graphs) for inductor on
+    CUDA and torch's default elsewhere."""
+    if mode is not None:
+        return mode
+    return "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+
+
+def room_for(entries: int, layouts: int) -> int:
+    """Dynamo cache entries per function a bench may need: one per timed entry and layout, with slack for the
+    resume functions after graph breaks and guard variants."""
+    return 4 * entries * layouts

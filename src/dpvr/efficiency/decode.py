@@ -28,17 +28,15 @@ How it measures:
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dpvr.efficiency.compiling import compile_room, frames_compiled
+from dpvr.efficiency.compiling import compile_room, default_mode, frames_compiled, room_for
 from dpvr.efficiency.flops import DEFAULT_SYSTEM_TOKENS, ShapeDims, compare
 from dpvr.efficiency.latency import (bench_setup, CLOCKS, DTYPES, Timer, build_random_model, load_average,
-                                     make_inputs, summarise, timing_method)
+                                     make_inputs, paired_ratio, rotated, summarise, timing_method)
 from dpvr.efficiency.methods import make_methods
 from dpvr.efficiency.report import machine_info
 from dpvr.shapes import shape_name
@@ -136,8 +134,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
                            s.fusion_layers, s.side_depth, s.fastv_k, s.fastv_ratio, s.vtw_k)
     layout = prompt_layout(cfg, s.layout, system_tokens=_system(s))
     dims = ShapeDims.from_config(cfg, layout)
-    mode = s.compile_mode if s.compile_mode is not None else (
-        "reduce-overhead" if device.type == "cuda" and s.compile_backend == "inductor" else None)
+    mode = default_mode(device, s.compile_backend, s.compile_mode)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
 
     entries: list[_Entry] = []
@@ -155,7 +152,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
     bar = tqdm(total=total, desc="bench decode", unit="run", disable=not progress)
     timer = Timer(device, s.clock)
     load_before = load_average()
-    room = 4 * len(entries) * len(s.batch_sizes) * len(s.text_tokens)  # dynamo cache entries per function, with slack
+    room = room_for(len(entries), len(s.batch_sizes) * len(s.text_tokens))
     with torch.inference_mode(), compile_room(room):
         for batch in s.batch_sizes:
             for t in s.text_tokens:
@@ -165,8 +162,7 @@ def measure_decode(config, method_names: list[str], settings: DecodeSettings | N
                 per_token = {e.label: [] for e in entries}
                 compiles = {e.label: 0 for e in entries}  # timed rounds in which an entry's step (re)compiled
                 for rnd in range(s.warmup + s.repeats):
-                    shift = rnd % len(entries)
-                    for e in entries[shift:] + entries[:shift]:
+                    for e in rotated(entries, rnd):
                         frames = frames_compiled()
                         _, sec = timer(e.decode, inputs["decode_tokens"][:, : s.new_tokens])
                         if rnd >= s.warmup:
@@ -202,11 +198,11 @@ def _rows(entries, per_token, analytic, batch, t, prompt_tokens) -> list[dict]:
     for e in entries:
         compiled = e.compiled_fn is not None
         ref = next(x for x in entries if x.method.name == "vanilla" and (x.compiled_fn is not None) == compiled)
-        paired = [a / b for a, b in zip(per_token[e.label], per_token[ref.label]) if b > 0]
+        ratio, ratio_q = paired_ratio(per_token, e.label, ref.label)
         eager_twin = next((x for x in entries if x.method.label == e.method.label and x.compiled_fn is None), None)
-        vs_eager = []  # compiled over eager, paired within rounds
+        vs_eager, vs_eager_q = (None, None)  # compiled over eager, paired within rounds
         if compiled and eager_twin is not None:
-            vs_eager = [a / b for a, b in zip(per_token[e.label], per_token[eager_twin.label]) if b > 0]
+            vs_eager, vs_eager_q = paired_ratio(per_token, e.label, eager_twin.label)
         a = analytic.get(e.method.label, {})
         rows.append({
             "method": e.method.name,
@@ -217,12 +213,10 @@ def _rows(entries, per_token, analytic, batch, t, prompt_tokens) -> list[dict]:
             "prompt_tokens": prompt_tokens,
             "s_per_token": _stats(per_token[e.label]),
             "tokens_per_s": _stats([batch / x for x in per_token[e.label]]),
-            "ratio_to_vanilla": statistics.median(paired) if paired else None,
-            "ratio_to_vanilla_p25_p75": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))]
-            if paired else None,
-            "compiled_over_eager": statistics.median(vs_eager) if vs_eager else None,
-            "compiled_over_eager_p25_p75": [float(np.percentile(vs_eager, 25)), float(np.percentile(vs_eager, 75))]
-            if vs_eager else None,
+            "ratio_to_vanilla": ratio,
+            "ratio_to_vanilla_p25_p75": ratio_q,
+            "compiled_over_eager": vs_eager,
+            "compiled_over_eager_p25_p75": vs_eager_q,
             "analytic_decode_ratio": a.get("decode_per_token_ratio"),
         })
     return rows

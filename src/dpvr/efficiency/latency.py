@@ -52,7 +52,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, PretrainedConfig
 
-from dpvr.efficiency.compiling import compile_room, frames_compiled
+from dpvr.efficiency.compiling import compile_room, default_mode, frames_compiled, room_for
 from dpvr.efficiency.flops import ShapeDims, compare
 from dpvr.efficiency.memory import memory_method, track_peak
 from dpvr.efficiency.methods import METHODS, Method, make_methods
@@ -318,8 +318,7 @@ def measure_latency(
     layout = prompt_layout(cfg, s.layout, system_tokens=s.system_tokens)
     dims = ShapeDims.from_config(cfg, layout)
     base = model if model is not None else build_random_model(cfg, dtype, device, s.attn, s.seed)
-    mode = s.compile_mode if s.compile_mode is not None else (
-        "reduce-overhead" if device.type == "cuda" and s.compile_backend == "inductor" else None)
+    mode = default_mode(device, s.compile_backend, s.compile_mode)
     entries: list[_Entry] = []
     skipped = []
     for m in methods:
@@ -342,7 +341,7 @@ def measure_latency(
     load_before = load_average()
     rounds = len(s.batch_sizes) * len(s.text_tokens) * (s.warmup + s.repeats + int(s.measure_memory)) * len(entries)
     bar = tqdm(total=rounds, desc="bench latency", unit="run", disable=not progress)
-    room = 4 * len(entries) * len(s.batch_sizes) * len(s.text_tokens)  # dynamo cache entries per function, with slack
+    room = room_for(len(entries), len(s.batch_sizes) * len(s.text_tokens))
     for batch in s.batch_sizes:
         for t in s.text_tokens:
             inputs = make_inputs(cfg, batch, s.system_tokens, t, s.new_tokens, dtype, device, s.seed, layout)
@@ -384,6 +383,12 @@ def load_average() -> list[float] | None:
         return None
 
 
+def rotated(items: list, rnd: int) -> list:
+    """``items`` in round ``rnd``'s order: the order rotates every round, so machine noise hits every item alike."""
+    shift = rnd % len(items)
+    return items[shift:] + items[:shift]
+
+
 @dataclass
 class _Entry:
     """One timed thing: a method's model, eager or with its prefill compiled."""
@@ -408,7 +413,9 @@ def _compiled_prefill(base, method: Method, builder, mode: str | None, backend: 
     return model.compile_prefill(mode=mode, backend=backend)
 
 
-def _paired(values: dict, label: str, ref: str) -> tuple[float | None, list[float] | None]:
+def paired_ratio(values: dict, label: str, ref: str) -> tuple[float | None, list[float] | None]:
+    """Median and [p25, p75] of the per-round ratios ``values[label][i] / values[ref][i]`` (rounds where the
+    reference took no time are left out); (None, None) without any."""
     ratios = [a / b for a, b in zip(values[label], values[ref]) if b > 0]
     if not ratios:
         return None, None
@@ -427,12 +434,10 @@ def _measure_layout(entries: list[_Entry], inputs, s: LatencySettings, device, b
             # (methods share dynamo's per-function caches, so one method's entries can send another back
             # to the compiler once)
             for rnd in range(COMPILE_ROUNDS):
-                shift = rnd % len(entries)
-                for e in entries[shift:] + entries[:shift]:
+                for e in rotated(entries, rnd):
                     e.runner.prefill(inputs)
         for rnd in range(s.warmup + s.repeats):
-            shift = rnd % len(entries)
-            for e in entries[shift:] + entries[:shift]:  # rotate the order every round
+            for e in rotated(entries, rnd):
                 frames = frames_compiled()
                 cache, t_pre = timer(e.runner.prefill, inputs)
                 if rnd >= s.warmup and frames_compiled() != frames:
@@ -458,8 +463,8 @@ def _measure_layout(entries: list[_Entry], inputs, s: LatencySettings, device, b
         # the reference: vanilla with the same compile setting; a compiled entry is also paired with its eager twin
         ref = next(x.label for x in entries if x.method.name == "vanilla" and x.compiled == e.compiled)
         twin = next((x.label for x in entries if x.compiled is False and x.method.label == e.method.label), None)
-        pre, pre_q = _paired(prefill, e.label, ref)
-        dec, dec_q = _paired(decode, e.label, ref) if s.new_tokens else (None, None)
+        pre, pre_q = paired_ratio(prefill, e.label, ref)
+        dec, dec_q = paired_ratio(decode, e.label, ref) if s.new_tokens else (None, None)
         row = {
             "method": e.method.name,
             "label": e.label,
@@ -484,7 +489,7 @@ def _measure_layout(entries: list[_Entry], inputs, s: LatencySettings, device, b
         if e.compiled:
             row["compiles_while_timed"] = compiles[e.label]
             if twin is not None:  # compiled prefill over the eager one, paired within rounds
-                row["compiled_over_eager"], row["compiled_over_eager_p25_p75"] = _paired(prefill, e.label, twin)
+                row["compiled_over_eager"], row["compiled_over_eager_p25_p75"] = paired_ratio(prefill, e.label, twin)
         rows.append(row)
     return rows
 

@@ -65,7 +65,15 @@ def test_bench_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "split=40" in capsys.readouterr().err
     assert main(["bench", "train", "--config", "tiny", "--methods", "lora", "--out", str(tmp_path)]) == 2
     assert "unknown training method" in capsys.readouterr().err
-    assert not (tmp_path / "flops.json").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own refusal: usage and one error line
+        main(["bench", "latency", "--compile", "sometimes", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--compile: invalid choice: 'sometimes'" in capsys.readouterr().err
+    from dpvr.efficiency.latency import LatencySettings
+
+    with pytest.raises(ValueError, match="unknown compile 'sometimes': choose one of eager, compiled, both"):
+        LatencySettings(compile="sometimes")
+    assert not (tmp_path / "flops.json").exists() and not (tmp_path / "latency.json").exists()
 
 
 @needs_engine
